@@ -1,0 +1,91 @@
+"""The constant empty-prompt conditioning of the SD3 transformer, computed once from the model's own text encoders.
+
+The three text encoders (CLIP-L, CLIP-G, T5-XXL: ~10 GB in half precision) are loaded only to encode "" and freed
+before training starts; the result is cached on disk keyed by model id, revision, variant and (for local folders)
+the text-encoder weight files, so later runs never load them.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from utils.run_snapshot import atomic_write_text
+
+DEFAULT_CACHE_DIR = Path.home() / ".cache" / "transparency_sd35"
+TEXT_SUBFOLDERS = ("text_encoder", "text_encoder_2", "text_encoder_3", "tokenizer", "tokenizer_2", "tokenizer_3")
+
+
+def cache_key(model: str, revision: str | None, variant: str | None) -> str:
+    """Model id + revision + variant; a local folder also contributes its text-encoder files' sizes and mtimes."""
+    fingerprint = {"model": model, "revision": revision, "variant": variant}
+    folder = Path(model)
+    if folder.is_dir():
+        fingerprint["files"] = sorted(
+            (str(path.relative_to(folder)), path.stat().st_size, path.stat().st_mtime_ns)
+            for sub in TEXT_SUBFOLDERS
+            for path in (folder / sub).glob("*")
+            if path.is_file()
+        )
+    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def cache_path(cache_dir: str | Path | None, model: str, revision: str | None, variant: str | None) -> Path:
+    return Path(cache_dir or DEFAULT_CACHE_DIR) / f"empty_prompt_{cache_key(model, revision, variant)}.safetensors"
+
+
+@torch.no_grad()
+def encode_empty_prompt(
+    model: str, revision: str | None, variant: str | None, device: torch.device, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the SD3 pipeline's own `encode_prompt("")`, so the conditioning is exactly what the base model saw."""
+    from diffusers import StableDiffusion3Pipeline
+    from transformers import CLIPTextModelWithProjection, CLIPTokenizer, T5EncoderModel, T5Tokenizer
+
+    load = {"revision": revision, "variant": variant, "torch_dtype": dtype}
+    text_encoders = {
+        "text_encoder": CLIPTextModelWithProjection.from_pretrained(model, subfolder="text_encoder", **load),
+        "text_encoder_2": CLIPTextModelWithProjection.from_pretrained(model, subfolder="text_encoder_2", **load),
+        "text_encoder_3": T5EncoderModel.from_pretrained(model, subfolder="text_encoder_3", **load),
+    }
+    tokenizers = {
+        "tokenizer": CLIPTokenizer.from_pretrained(model, subfolder="tokenizer", revision=revision),
+        "tokenizer_2": CLIPTokenizer.from_pretrained(model, subfolder="tokenizer_2", revision=revision),
+        "tokenizer_3": T5Tokenizer.from_pretrained(model, subfolder="tokenizer_3", revision=revision),
+    }
+    pipeline = StableDiffusion3Pipeline(transformer=None, vae=None, scheduler=None, **text_encoders, **tokenizers)
+    pipeline.to(device)
+    prompt_embeds, _, pooled_prompt_embeds, _ = pipeline.encode_prompt(
+        "", "", "", device=device, do_classifier_free_guidance=False
+    )
+    result = prompt_embeds.float().cpu(), pooled_prompt_embeds.float().cpu()
+    del pipeline, text_encoders
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return result
+
+
+def load_empty_prompt_embeds(
+    model: str, revision: str | None, variant: str | None, cache_dir: str | Path | None, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(prompt_embeds [1, L, D], pooled_prompt_embeds [1, P]) in fp32 on CPU, from the cache or computed once.
+
+    Call it under `accelerator.local_main_process_first()` so one process per machine computes and the others read.
+    """
+    path = cache_path(cache_dir, model, revision, variant)
+    if not path.exists():
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        prompt_embeds, pooled = encode_empty_prompt(model, revision, variant, device, dtype)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        save_file({"prompt_embeds": prompt_embeds, "pooled_prompt_embeds": pooled}, str(tmp))
+        tmp.replace(path)
+        atomic_write_text(path.with_suffix(".json"), json.dumps({"model": model, "revision": revision, "variant": variant}))
+    tensors = load_file(str(path))
+    return tensors["prompt_embeds"], tensors["pooled_prompt_embeds"]

@@ -1,0 +1,39 @@
+"""Load the frozen VAE and the trainable SD3 transformer, from the hub layout or from our own outputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, SD3Transformer2DModel
+
+
+def load_frozen_vae(model: str, revision: str | None, variant: str | None, dtype: torch.dtype) -> AutoencoderKL:
+    vae = AutoencoderKL.from_pretrained(model, subfolder="vae", revision=revision, variant=variant, torch_dtype=dtype)
+    vae.requires_grad_(False)
+    return vae.eval()
+
+
+def load_base_transformer(model: str, revision: str | None, variant: str | None) -> SD3Transformer2DModel:
+    """The transformer to fine-tune, in fp32 (master weights; autocast or DeepSpeed handle the compute dtype)."""
+    return SD3Transformer2DModel.from_pretrained(
+        model, subfolder="transformer", revision=revision, variant=variant, torch_dtype=torch.float32
+    )
+
+
+def resolve_transformer_dir(path: str | Path) -> Path:
+    """Accept a `save_pretrained` folder, a `checkpoint-<step>/` folder, or a training output_dir."""
+    path = Path(path)
+    for candidate in (path, path / "transformer"):
+        if (candidate / "config.json").is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"transformer_path {path}: no config.json in it or in {path / 'transformer'}; pass the trainer's "
+        "output_dir, one of its checkpoint-<step>/ folders, or a folder written by save_pretrained"
+    )
+
+
+def load_trained_transformer(path: str | Path, dtype: torch.dtype) -> SD3Transformer2DModel:
+    transformer = SD3Transformer2DModel.from_pretrained(resolve_transformer_dir(path), torch_dtype=dtype)
+    transformer.requires_grad_(False)
+    return transformer.eval()

@@ -1,0 +1,56 @@
+"""The one place that turns images into masks: VAE encode -> one transformer step -> VAE decode -> raw mask in [0,1].
+
+Trainer, validation, prediction and the benchmarks all call this module; nothing else repeats the latent maths.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from diffusers import AutoencoderKL
+
+
+def encode_latents(vae: AutoencoderKL, pixel_values: torch.Tensor) -> torch.Tensor:
+    """Pixels in [-1, 1] -> normalised latents `(mode - shift) * scale`. The mode, not a sample: deterministic."""
+    with torch.no_grad():
+        mode = vae.encode(pixel_values.to(vae.device, vae.dtype)).latent_dist.mode()
+    return (mode - vae.config.shift_factor) * vae.config.scaling_factor
+
+
+def decode_raw_mask(vae: AutoencoderKL, mask_latents: torch.Tensor) -> torch.Tensor:
+    """Normalised mask latents -> raw mask [B, H, W] in [0, 1]: decode, map [-1,1] to [0,1], average the channels."""
+    latents = mask_latents.to(vae.dtype) / vae.config.scaling_factor + vae.config.shift_factor
+    with torch.no_grad():
+        decoded = vae.decode(latents).sample
+    return (decoded.float() / 2 + 0.5).clamp(0, 1).mean(dim=1)
+
+
+@dataclass
+class MaskPredictor:
+    """Frozen VAE + transformer + the constant empty-prompt conditioning and fixed timestep."""
+
+    vae: AutoencoderKL
+    transformer: torch.nn.Module  # SD3Transformer2DModel, possibly wrapped by DDP/DeepSpeed
+    prompt_embeds: torch.Tensor  # [1, L, D]
+    pooled_prompt_embeds: torch.Tensor  # [1, P]
+    timestep: float
+
+    def predict_latents(self, image_latents: torch.Tensor) -> torch.Tensor:
+        """One deterministic transformer step: image latents -> predicted mask latents (gradients flow)."""
+        batch_size, device = image_latents.shape[0], image_latents.device
+        return self.transformer(
+            hidden_states=image_latents,
+            timestep=torch.full((batch_size,), self.timestep, device=device),
+            encoder_hidden_states=self.prompt_embeds.to(device).expand(batch_size, -1, -1),
+            pooled_projections=self.pooled_prompt_embeds.to(device).expand(batch_size, -1),
+            return_dict=False,
+        )[0]
+
+    @torch.no_grad()
+    def predict_raw(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] [B, 3, H, W] -> raw masks [B, H, W] in [0, 1] (fp32)."""
+        image_latents = encode_latents(self.vae, pixel_values)
+        dtype = next(self.transformer.parameters()).dtype
+        mask_latents = self.predict_latents(image_latents.to(dtype))
+        return decode_raw_mask(self.vae, mask_latents)

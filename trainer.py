@@ -1,0 +1,323 @@
+"""Fine-tune the SD3.5 transformer to map image latents to transparency-mask latents in one deterministic step.
+
+    accelerate launch --config_file accelerate_config.yaml trainer.py [--config FILE] [--key value ...]
+
+Method: "Fine-Tuning Image-Conditional Diffusion Models is Easier than You Think" (arXiv 2409.11355): a frozen VAE,
+a fixed timestep, constant empty-prompt conditioning and an MSE loss between predicted and true mask latents.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import DistributedType, ProjectConfiguration, set_seed
+from diffusers import SD3Transformer2DModel
+from diffusers.optimization import get_scheduler
+from tqdm.auto import tqdm
+
+from dataset.trans10k import Trans10kEval, Trans10kTrain, TrainSampler, eval_collate, validate_split
+from models.conditioning import load_empty_prompt_embeds
+from models.loading import load_base_transformer, load_frozen_vae
+from models.losses import LOSSES
+from models.segmenter import MaskPredictor, decode_raw_mask, encode_latents
+from utils.checkpointing import prune_checkpoints, resolve_resume_path, save_checkpoint
+from utils.config import load_config
+from utils.deepspeed_check import check_deepspeed_config
+from utils.evaluation import score_batch, to_uint8_image
+from utils.image_writer import render_panel
+from utils.metrics import summarize
+from utils.model_card import write_model_card
+from utils.run_snapshot import write_run_snapshot
+
+logger = get_logger(__name__)
+
+
+def build_accelerator(args: argparse.Namespace) -> Accelerator:
+    report_to = {"none": None, "all": "all"}.get(args.report_to, args.report_to)
+    project = ProjectConfiguration(project_dir=args.output_dir, logging_dir=str(Path(args.output_dir) / args.logging_dir))
+    return Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=report_to,
+        project_config=project,
+        cpu=not torch.cuda.is_available(),  # lets `--multi_gpu --num_processes 2` run gloo ranks on a CPU machine
+    )
+
+
+def weight_dtype_for(accelerator: Accelerator) -> torch.dtype:
+    """Frozen weights (the VAE) live in the compute precision; the trained transformer keeps fp32 master weights."""
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision, torch.float32)
+
+
+def zero3_init_disabled(accelerator: Accelerator):
+    """Frozen models must load whole, not as ZeRO-3 shards (as in diffusers' examples)."""
+    plugin = accelerator.state.deepspeed_plugin
+    return plugin.zero3_init_context_manager(enable=False) if plugin is not None else contextlib.nullcontext()
+
+
+def build_dataloaders(args: argparse.Namespace, accelerator: Accelerator):
+    """Validate the data layout first, so a broken pair fails in seconds rather than hours into an epoch."""
+    train_samples = validate_split(args.dataset_path, "train")
+    train_dataset = Trans10kTrain(
+        train_samples, args.resolution, args.random_flip, args.color_jitter, args.random_crop_scale, args.seed
+    )
+    train_sampler = TrainSampler(len(train_dataset), seed=args.seed)
+    loader_kwargs = {
+        "num_workers": args.dataloader_num_workers,
+        "pin_memory": args.pin_memory and torch.cuda.is_available(),
+        "persistent_workers": args.persistent_workers and args.dataloader_num_workers > 0,
+    }
+    train_loader = torch.utils.data.DataLoader(
+        train_dataset, batch_size=args.train_batch_size, sampler=train_sampler, drop_last=True, **loader_kwargs
+    )
+    val_loader = None
+    if args.validation_steps > 0 and args.num_validation_images > 0:
+        val_samples = validate_split(args.dataset_path, "validation", args.subsets)
+        # Spread the few validation images over all subsets instead of taking the first N of "easy".
+        picked = np.linspace(0, len(val_samples) - 1, min(args.num_validation_images, len(val_samples))).round()
+        val_dataset = Trans10kEval([val_samples[int(i)] for i in picked], args.resolution)
+        val_loader = torch.utils.data.DataLoader(
+            val_dataset, batch_size=args.eval_batch_size, collate_fn=eval_collate, num_workers=0
+        )
+    logger.info(f"train: {len(train_dataset)} images from {args.dataset_path}; sampler seed {args.seed}")
+    return train_loader, train_sampler, val_loader
+
+
+def register_checkpoint_hooks(accelerator: Accelerator) -> None:
+    """Checkpoints hold the transformer as a `save_pretrained` folder (loadable on its own) plus the training state."""
+
+    def save_hook(models, weights, output_dir):
+        for model in models:
+            state_dict = accelerator.get_state_dict(model)  # gathers ZeRO-3 shards; a collective on every rank
+            if accelerator.is_main_process:
+                accelerator.unwrap_model(model).save_pretrained(Path(output_dir) / "transformer", state_dict=state_dict)
+            if weights:
+                weights.pop()  # already saved: keep Accelerate from writing a second copy
+
+    def load_hook(models, input_dir):
+        if accelerator.distributed_type == DistributedType.DEEPSPEED:
+            return  # the DeepSpeed engine restores its own (possibly sharded) weights
+        while models:
+            model = accelerator.unwrap_model(models.pop())
+            saved = SD3Transformer2DModel.from_pretrained(Path(input_dir) / "transformer", torch_dtype=torch.float32)
+            model.load_state_dict(saved.state_dict())
+
+    accelerator.register_save_state_pre_hook(save_hook)
+    accelerator.register_load_state_pre_hook(load_hook)
+
+
+def build_optimizer(args: argparse.Namespace, transformer: torch.nn.Module, num_processes: int):
+    learning_rate = args.learning_rate
+    if args.scale_lr:
+        learning_rate *= args.train_batch_size * args.gradient_accumulation_steps * num_processes
+    params = [p for p in transformer.parameters() if p.requires_grad]
+    return torch.optim.AdamW(
+        params,
+        lr=learning_rate,
+        betas=(args.adam_beta1, args.adam_beta2),
+        weight_decay=args.adam_weight_decay,
+        eps=args.adam_epsilon,
+        fused=torch.cuda.is_available(),  # the fused CUDA kernel: one launch for all parameters
+    )
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # CPU: peak RSS (KiB on Linux)
+
+
+@torch.no_grad()
+def run_validation(predictor: MaskPredictor, val_loader, accelerator: Accelerator, args, step: int) -> dict:
+    """Latent loss and IoU on a few validation images (sharded over ranks), plus image panels in the trackers."""
+    losses, scores, panels = [], [], []
+    for batch in val_loader:
+        with accelerator.autocast():
+            image_latents = encode_latents(predictor.vae, batch["pixel_values"].to(accelerator.device))
+            mask_latents = encode_latents(predictor.vae, batch["mask_values"].to(accelerator.device))
+            predicted = predictor.predict_latents(image_latents)
+        per_image_loss = (predicted.float() - mask_latents.float()).pow(2).flatten(1).mean(1)
+        raw = decode_raw_mask(predictor.vae, predicted)
+        batch_scores, _ = score_batch(raw, batch, args.threshold, protocol="square")
+        losses.append(accelerator.gather_for_metrics(per_image_loss))
+        scores += accelerator.gather_for_metrics(batch_scores, use_gather_object=True)
+        if accelerator.is_main_process:
+            for i in range(len(batch_scores)):
+                image, gt = to_uint8_image(batch["pixel_values"][i]), batch["mask_values"][i, 0] > 0
+                panels.append(np.asarray(render_panel(image, raw[i].cpu(), gt.cpu(), args.threshold)))
+    summary = summarize(scores)
+    metrics = {"val/loss": torch.cat(losses).mean().item(), "val/iou": summary["dataset"]["iou"]}
+    metrics["val/iou_per_image"] = summary["per_image_mean"]["iou"]
+    accelerator.log(metrics, step=step)
+    log_panels(accelerator, panels, step)
+    return metrics
+
+
+def log_panels(accelerator: Accelerator, panels: list[np.ndarray], step: int) -> None:
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            tracker.log_images({"val/panels": np.stack(panels)}, step=step, dataformats="NHWC")
+        elif tracker.name == "wandb":
+            tracker.log_images({"val/panels": panels}, step=step)
+
+
+def train_steps_plan(args, train_loader, num_processes: int) -> tuple[int, int, int]:
+    """(optimizer steps per epoch, total optimizer steps, epochs) after Accelerate has sharded the loader."""
+    steps_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"train split has fewer images than one global batch ({args.train_batch_size} x {num_processes} "
+            "processes); lower train_batch_size"
+        )
+    max_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
+    return steps_per_epoch, max_steps, math.ceil(max_steps / steps_per_epoch)
+
+
+def main() -> None:
+    args = load_config()
+    accelerator = build_accelerator(args)
+    set_seed(args.seed)
+    if accelerator.is_main_process:
+        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+        write_run_snapshot(args, args.output_dir)
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        check_deepspeed_config(accelerator.state.deepspeed_plugin.deepspeed_config, args, accelerator.num_processes)
+    if torch.cuda.is_available() and args.allow_tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+
+    train_loader, train_sampler, val_loader = build_dataloaders(args, accelerator)
+
+    # Frozen pieces first, outside any ZeRO-3 partitioning: the VAE and the constant conditioning.
+    with accelerator.local_main_process_first(), zero3_init_disabled(accelerator):
+        prompt_embeds, pooled_prompt_embeds = load_empty_prompt_embeds(
+            args.pretrained_model_name_or_path, args.revision, args.variant, args.prompt_embeds_cache_dir,
+            accelerator.device,
+        )
+    with zero3_init_disabled(accelerator):
+        vae = load_frozen_vae(
+            args.pretrained_model_name_or_path, args.revision, args.variant, weight_dtype_for(accelerator)
+        )
+    vae.to(accelerator.device)
+    transformer = load_base_transformer(args.pretrained_model_name_or_path, args.revision, args.variant)
+    transformer.requires_grad_(True).train()
+    if args.gradient_checkpointing:
+        transformer.enable_gradient_checkpointing()
+
+    optimizer = build_optimizer(args, transformer, accelerator.num_processes)
+    register_checkpoint_hooks(accelerator)
+    transformer, optimizer, train_loader = accelerator.prepare(transformer, optimizer, train_loader)
+    if val_loader is not None:
+        val_loader = accelerator.prepare(val_loader)
+    steps_per_epoch, max_train_steps, num_epochs = train_steps_plan(args, train_loader, accelerator.num_processes)
+    lr_scheduler = get_scheduler(
+        args.lr_scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+        num_training_steps=max_train_steps * accelerator.num_processes,  # the prepared scheduler steps once per rank
+        num_cycles=args.lr_num_cycles,
+        power=args.lr_power,
+    )
+    lr_scheduler = accelerator.prepare(lr_scheduler)
+    predictor = MaskPredictor(vae, transformer, prompt_embeds.to(accelerator.device),
+                              pooled_prompt_embeds.to(accelerator.device), args.timestep)
+    loss_fn = LOSSES[args.loss]
+
+    if accelerator.is_main_process:
+        tracker_config = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in vars(args).items()}
+        accelerator.init_trackers(args.tracker_project_name, config=tracker_config)
+
+    global_step, first_epoch, skip_batches = 0, 0, 0
+    resume_path = resolve_resume_path(args.resume_from_checkpoint, args.output_dir)
+    if resume_path is None and args.resume_from_checkpoint == "latest":
+        logger.info(f"resume_from_checkpoint=latest: no complete checkpoint in {args.output_dir}; starting fresh")
+    if resume_path is not None:
+        accelerator.load_state(str(resume_path))
+        global_step = json.loads((resume_path / "checkpoint.json").read_text())["step"]
+        first_epoch = global_step // steps_per_epoch
+        skip_batches = (global_step % steps_per_epoch) * args.gradient_accumulation_steps
+        logger.info(f"resumed from {resume_path} at step {global_step} (epoch {first_epoch}, skip {skip_batches})")
+
+    total_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+    logger.info(f"steps: {max_train_steps} ({num_epochs} epochs x {steps_per_epoch}); global batch {total_batch}")
+    progress = tqdm(range(max_train_steps), initial=global_step, desc="steps",
+                    disable=not accelerator.is_local_main_process)
+    last_metrics, window_start, window_samples = {}, time.perf_counter(), 0
+
+    for epoch in range(first_epoch, num_epochs):
+        train_loader.set_epoch(epoch)  # the sampler's permutation and augmentation seeds depend on (seed, epoch)
+        active_loader = train_loader
+        if epoch == first_epoch and skip_batches:
+            active_loader = accelerator.skip_first_batches(train_loader, skip_batches)
+        for batch in active_loader:
+            with accelerator.accumulate(transformer):
+                image_latents = encode_latents(vae, batch["pixel_values"])
+                mask_latents = encode_latents(vae, batch["mask_values"])
+                with accelerator.autocast():
+                    predicted = predictor.predict_latents(image_latents.float())
+                loss = loss_fn(predicted, mask_latents)
+                mean_loss = accelerator.gather(loss.detach()).mean().item()  # every rank sees the same value
+                if not math.isfinite(mean_loss):  # stop before the bad gradient reaches the weights
+                    raise FloatingPointError(
+                        f"non-finite training loss {mean_loss} at step {global_step + 1} (epoch {epoch}); the last "
+                        f"good checkpoint in {args.output_dir} is untouched. Lower learning_rate or check the data."
+                    )
+                accelerator.backward(loss)
+                grad_norm = None
+                if accelerator.sync_gradients and accelerator.distributed_type != DistributedType.DEEPSPEED:
+                    grad_norm = accelerator.clip_grad_norm_(transformer.parameters(), args.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+
+            window_samples += batch["pixel_values"].shape[0] * accelerator.num_processes
+            if not accelerator.sync_gradients:
+                continue
+            global_step += 1
+            progress.update(1)
+            elapsed = time.perf_counter() - window_start
+            logs = {"train/loss": mean_loss, "train/lr": lr_scheduler.get_last_lr()[0],
+                    "train/samples_per_s": window_samples / elapsed, "train/peak_memory_gb": peak_memory_gb(accelerator.device)}
+            if grad_norm is not None:
+                logs["train/grad_norm"] = float(grad_norm)
+            accelerator.log(logs, step=global_step)
+            progress.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{logs['train/lr']:.2e}")
+
+            if global_step % args.checkpointing_steps == 0 or global_step == max_train_steps:
+                if accelerator.is_main_process:
+                    prune_checkpoints(args.output_dir, args.checkpoints_total_limit)
+                path = save_checkpoint(accelerator.save_state, args.output_dir, global_step,
+                                       {"epoch": epoch, "loss": mean_loss}, accelerator.is_main_process,
+                                       accelerator.wait_for_everyone)
+                logger.info(f"saved {path}")
+            if val_loader is not None and (global_step % args.validation_steps == 0 or global_step == max_train_steps):
+                transformer.eval()
+                last_metrics = run_validation(predictor, val_loader, accelerator, args, global_step)
+                transformer.train()
+                logger.info(f"step {global_step}: " + ", ".join(f"{k} {v:.4f}" for k, v in last_metrics.items()))
+            window_start, window_samples = time.perf_counter(), 0  # throughput excludes checkpoints and validation
+            if global_step >= max_train_steps:
+                break
+        if global_step >= max_train_steps:
+            break
+
+    accelerator.wait_for_everyone()
+    final_state = accelerator.get_state_dict(transformer)
+    if accelerator.is_main_process:
+        accelerator.unwrap_model(transformer).save_pretrained(Path(args.output_dir) / "transformer", state_dict=final_state)
+        write_model_card(args, Path(args.output_dir), global_step, last_metrics)
+        logger.info(f"saved {Path(args.output_dir) / 'transformer'}; final validation: {last_metrics}")
+    accelerator.end_training()
+
+
+if __name__ == "__main__":
+    main()
