@@ -148,7 +148,7 @@ def run_validation(predictor: MaskPredictor, val_loader, accelerator: Accelerato
             predicted = predictor.predict_latents(image_latents)
         per_image_loss = (predicted.float() - mask_latents.float()).pow(2).flatten(1).mean(1)
         raw = decode_raw_mask(predictor.vae, predicted)
-        batch_scores, _ = score_batch(raw, batch, args.threshold, protocol="square")
+        batch_scores, _, _ = score_batch(raw, batch, args.threshold, "square", args.resolution)
         losses.append(accelerator.gather_for_metrics(per_image_loss))
         scores += accelerator.gather_for_metrics(batch_scores, use_gather_object=True)
         if accelerator.is_main_process:

@@ -260,6 +260,9 @@ def check_combinations(args: argparse.Namespace) -> None:
         problems.append("predictions_dir and oracle both set: score either existing predictions or the VAE oracle")
     if args.threshold_sweep and args.split == "test":
         problems.append("threshold_sweep on split=test would choose a setting on the test set; use --split validation")
+    if not args.save_raw_predictions and (args.num_worst_panels or args.num_sample_panels):
+        problems.append("panels are drawn from the saved raw predictions: set save_raw_predictions true or the "
+                        "num_*_panels keys to 0")
     if problems:
         raise ConfigError("impossible settings:\n  " + "\n  ".join(problems))
 

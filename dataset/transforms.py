@@ -1,0 +1,237 @@
+"""Image and mask operations for Trans10k: EXIF orientation, mask decoding and the joint training transforms.
+
+Everything here works on already opened PIL images; opening files and turning read errors into ``DatasetError``
+happens in ``dataset.trans10k``.
+
+torchvision.transforms.v2 would be the natural choice for the joint image+mask transforms (it transforms an image
+and a ``Mask`` together), but torchvision is not installable next to the CPU torch wheel this project develops with
+(only CUDA builds exist for the pinned version), so the few transforms needed are written here with PIL and torch.
+All randomness comes from a ``torch.Generator`` passed in by the caller, never from global random state.
+
+Mask semantics (official Trans10k PNGs): background 0, things 85, stuff 255, stored as grey values in L or RGB(A)
+PNGs; P-mode masks are read through their palette colours. The "grey level" of a mask pixel is its largest channel,
+so a pixel is transparent exactly when any channel is non-zero.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import ExifTags, Image, ImageChops, ImageEnhance, ImageOps
+
+# Class map values returned by grey_to_classes; 0/1/2 as in the Trans10k authors' loaders (TransLab, Trans2Seg).
+BACKGROUND = 0
+THINGS = 1
+STUFF = 2
+CLASS_NAMES = ("background", "things", "stuff")
+# Grey levels of the official masks. The authors' loaders map 85 -> 1 (things) and 255 -> 2 (stuff).
+THINGS_LEVEL = 85
+STUFF_LEVEL = 255
+# Any other non-zero grey level (anti-aliasing, re-saved masks) goes to the nearer official level: 1..169 -> things,
+# 170..255 -> stuff. It is still transparent in the binary target, so no pixel is dropped or raises.
+_THINGS_STUFF_BOUNDARY = (THINGS_LEVEL + STUFF_LEVEL + 1) // 2
+
+IMAGE_RESAMPLE = Image.Resampling.BICUBIC
+# Masks are resized with NEAREST: every output pixel keeps an exact source value (0, 85 or 255), so there is no
+# blurred edge to re-binarise and no threshold to choose.
+MASK_RESAMPLE = Image.Resampling.NEAREST
+MASK_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA")
+
+# Crops keep their width/height ratio in [3/4, 4/3], the usual RandomResizedCrop range: the crop is then resized to
+# a square, and a 4:3 photo resized whole (random_crop_scale 1.0) is distorted by the same bound.
+CROP_ASPECT_RANGE = (3 / 4, 4 / 3)
+_CROP_ATTEMPTS = 10
+
+Size = tuple[int, int]  # (width, height), PIL order
+CropBox = tuple[float, float, float, float]  # (left, top, right, bottom) in pixels, PIL order
+
+# EXIF orientations 5..8 rotate by 90 degrees, so the upright image has width and height swapped.
+_ORIENTATIONS_SWAPPING_WH = (5, 6, 7, 8)
+
+
+def exif_orientation(image: Image.Image) -> int:
+    """The EXIF Orientation tag (1 = upright) read from the header; no pixel data is decoded."""
+    return int(image.getexif().get(ExifTags.Base.Orientation, 1))
+
+
+def upright_size(image: Image.Image) -> Size:
+    """(width, height) the image has once its EXIF orientation is applied, from the header alone."""
+    width, height = image.size
+    return (height, width) if exif_orientation(image) in _ORIENTATIONS_SWAPPING_WH else (width, height)
+
+
+def draft_jpeg(image: Image.Image, min_upright_size: Size) -> int:
+    """Let a JPEG decode at 1/2, 1/4 or 1/8 scale while staying at least ``min_upright_size``; returns the factor.
+
+    Must run before any pixel is decoded. ``image.size`` changes to the reduced size, so callers read the original
+    size first. Non-JPEG images are left alone (factor 1).
+    """
+    if image.format != "JPEG":
+        return 1
+    min_width, min_height = min_upright_size
+    if exif_orientation(image) in _ORIENTATIONS_SWAPPING_WH:  # draft works on the stored, not the upright, pixels
+        min_width, min_height = min_height, min_width
+    original_width = image.size[0]
+    result = image.draft("RGB", (max(1, min_width), max(1, min_height)))
+    if result is None:
+        return 1
+    _, box_in_draft = result  # the original image's extent in draft pixels: (0, 0, W / factor, H / factor)
+    return round(original_width / box_in_draft[2])
+
+
+def to_upright_rgb(image: Image.Image) -> Image.Image:
+    """Decode, apply the EXIF orientation and convert to RGB (grey, CMYK, palette and alpha images included)."""
+    return ImageOps.exif_transpose(image).convert("RGB")
+
+
+def mask_grey_level(mask: Image.Image) -> Image.Image:
+    """Upright mode-L image holding each pixel's grey level: the largest channel of its colour.
+
+    P masks go through their palette (a non-zero index may well map to black), so the colour decides, not the index.
+    """
+    if mask.mode not in MASK_MODES:
+        raise ValueError(f"unsupported mask mode {mask.mode!r}; expected one of {', '.join(MASK_MODES)}")
+    mask = ImageOps.exif_transpose(mask)
+    if mask.mode in ("1", "L", "LA"):
+        return mask.convert("L") if mask.mode == "1" else mask.getchannel(0)
+    red, green, blue = mask.convert("RGB").split()
+    return ImageChops.lighter(red, ImageChops.lighter(green, blue))
+
+
+def grey_to_classes(grey: np.ndarray) -> np.ndarray:
+    """uint8 class map from grey levels: 0 -> BACKGROUND, nearer 85 -> THINGS, nearer 255 -> STUFF."""
+    classes = np.full(grey.shape, BACKGROUND, dtype=np.uint8)
+    classes[(grey > 0) & (grey < _THINGS_STUFF_BOUNDARY)] = THINGS
+    classes[grey >= _THINGS_STUFF_BOUNDARY] = STUFF
+    return classes
+
+
+def mask_to_classes(mask: Image.Image) -> np.ndarray:
+    """uint8 [H, W] class map (0 background, 1 things, 2 stuff) of a mask in any supported mode."""
+    return grey_to_classes(np.array(mask_grey_level(mask)))
+
+
+def mask_to_binary(mask: Image.Image) -> np.ndarray:
+    """bool [H, W]: True where the mask is transparent (any non-zero channel, palette colour for P masks)."""
+    return np.array(mask_grey_level(mask)) > 0
+
+
+def image_to_tensor(image: Image.Image) -> torch.Tensor:
+    """float32 [3, H, W] in [-1, 1] from an RGB image."""
+    pixels = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
+    return pixels.float() / 127.5 - 1.0
+
+
+def binary_to_tensor(binary: np.ndarray) -> torch.Tensor:
+    """float32 [3, H, W]: -1 background, +1 transparent, repeated to 3 channels like an image for the VAE."""
+    mask = torch.from_numpy(binary).float() * 2.0 - 1.0
+    return mask.unsqueeze(0).repeat(3, 1, 1)
+
+
+def _uniform(generator: torch.Generator, low: float, high: float) -> float:
+    return low + (high - low) * torch.rand((), generator=generator).item()
+
+
+def sample_crop_box(size: Size, min_area_fraction: float, generator: torch.Generator) -> CropBox:
+    """Random resized crop box: area fraction in [min_area_fraction, 1], width/height ratio in CROP_ASPECT_RANGE.
+
+    min_area_fraction 1.0 returns the whole image (resized as is, whatever its aspect ratio). When no sampled box
+    fits (after a few tries), falls back to the largest centred box whose ratio is within the range.
+    """
+    width, height = size
+    if min_area_fraction >= 1.0:
+        return (0.0, 0.0, float(width), float(height))
+    log_low, log_high = math.log(CROP_ASPECT_RANGE[0]), math.log(CROP_ASPECT_RANGE[1])
+    for _ in range(_CROP_ATTEMPTS):
+        area = width * height * _uniform(generator, min_area_fraction, 1.0)
+        aspect = math.exp(_uniform(generator, log_low, log_high))
+        crop_width, crop_height = math.sqrt(area * aspect), math.sqrt(area / aspect)
+        if crop_width <= width and crop_height <= height:
+            left = _uniform(generator, 0.0, width - crop_width)
+            top = _uniform(generator, 0.0, height - crop_height)
+            return (left, top, left + crop_width, top + crop_height)
+    aspect = min(max(width / height, CROP_ASPECT_RANGE[0]), CROP_ASPECT_RANGE[1])
+    crop_width, crop_height = min(width, height * aspect), min(height, width / aspect)
+    left, top = (width - crop_width) / 2, (height - crop_height) / 2
+    return (left, top, left + crop_width, top + crop_height)
+
+
+@dataclass(frozen=True)
+class JitterFactors:
+    """Multiplicative factors as in PIL's ImageEnhance: 1.0 leaves the image unchanged."""
+
+    brightness: float
+    contrast: float
+    saturation: float
+
+
+def sample_jitter_factors(strength: float, generator: torch.Generator) -> JitterFactors:
+    """Brightness, contrast and saturation factors, each uniform in [1 - strength, 1 + strength]."""
+    low, high = max(0.0, 1.0 - strength), 1.0 + strength
+    return JitterFactors(*(_uniform(generator, low, high) for _ in range(3)))
+
+
+def color_jitter(image: Image.Image, factors: JitterFactors) -> Image.Image:
+    """Apply brightness, then contrast, then saturation (a fixed order: simpler than torchvision's random one)."""
+    image = ImageEnhance.Brightness(image).enhance(factors.brightness)
+    image = ImageEnhance.Contrast(image).enhance(factors.contrast)
+    return ImageEnhance.Color(image).enhance(factors.saturation)
+
+
+@dataclass(frozen=True)
+class TrainAugmentation:
+    """The random choices for one training sample, drawn before any pixel is decoded."""
+
+    crop_box: CropBox  # in upright, full-size image pixels
+    flip: bool
+    jitter: JitterFactors | None
+
+
+def sample_train_augmentation(
+    image_size: Size,
+    generator: torch.Generator,
+    random_flip: bool,
+    color_jitter_strength: float,
+    random_crop_scale: float,
+) -> TrainAugmentation:
+    """Draw crop, flip and jitter from ``generator`` in a fixed order, so a seed always gives the same result."""
+    crop_box = sample_crop_box(image_size, random_crop_scale, generator)
+    flip = random_flip and bool(torch.rand((), generator=generator) < 0.5)
+    jitter = sample_jitter_factors(color_jitter_strength, generator) if color_jitter_strength > 0 else None
+    return TrainAugmentation(crop_box=crop_box, flip=flip, jitter=jitter)
+
+
+def min_decode_size(image_size: Size, crop_box: CropBox, side: int) -> Size:
+    """Smallest full-image size at which ``crop_box`` still covers ``side`` x ``side`` pixels (for draft_jpeg)."""
+    left, top, right, bottom = crop_box
+    width, height = image_size
+    return (math.ceil(width * side / (right - left)), math.ceil(height * side / (bottom - top)))
+
+
+def scale_box(box: CropBox, factor: float) -> CropBox:
+    """Box coordinates divided by ``factor`` (e.g. full-size pixels -> JPEG draft pixels)."""
+    return (box[0] / factor, box[1] / factor, box[2] / factor, box[3] / factor)
+
+
+def augment_pair(
+    image: Image.Image,
+    mask_grey: Image.Image,
+    augmentation: TrainAugmentation,
+    image_draft_factor: int,
+    side: int,
+) -> tuple[Image.Image, Image.Image]:
+    """Crop and resize both to ``side`` x ``side``, flip both together, colour-jitter the image only.
+
+    ``image`` may be a JPEG decoded at 1/``image_draft_factor`` scale; ``mask_grey`` is at full size.
+    """
+    image_box = scale_box(augmentation.crop_box, image_draft_factor)
+    image = image.resize((side, side), IMAGE_RESAMPLE, box=image_box)
+    mask_grey = mask_grey.resize((side, side), MASK_RESAMPLE, box=augmentation.crop_box)
+    if augmentation.flip:
+        image, mask_grey = ImageOps.mirror(image), ImageOps.mirror(mask_grey)
+    if augmentation.jitter is not None:
+        image = color_jitter(image, augmentation.jitter)
+    return image, mask_grey

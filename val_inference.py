@@ -1,0 +1,138 @@
+"""Score a trained transformer (or saved predictions, or the VAE ceiling) on Trans10k easy / hard / mix.
+
+    accelerate launch --config_file accelerate_config.yaml val_inference.py --transformer_path OUTPUT_DIR
+
+Images are sharded over the processes and the per-image results gathered exactly, so 1 and N processes write the
+same metrics.json. Writes metrics.json, metrics.md, per_image.csv, raw/<subset>/<stem>.png and panels/.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from dataset.trans10k import Sample, Trans10kEval, eval_collate, load_image, load_mask_classes, validate_split
+from models.conditioning import load_empty_prompt_embeds
+from models.loading import load_frozen_vae, load_trained_transformer
+from models.segmenter import MaskPredictor, decode_raw_mask, encode_latents
+from utils.config import load_config
+from utils.eval_report import format_summary_table, write_metrics_json, write_metrics_md, write_per_image_csv
+from utils.evaluation import score_batch
+from utils.image_writer import BackgroundImageWriter, png_to_raw, raw_to_png_array, render_panel
+from utils.metrics import ImageScore, resize_raw, summarize_subsets, sweep_histogram, threshold_sweep, worst_k
+from utils.run_snapshot import write_run_snapshot
+
+
+def eval_output_dir(args: argparse.Namespace) -> Path:
+    """Default folder name says split, resolution, threshold, protocol and what was scored."""
+    if args.eval_output_dir:
+        return Path(args.eval_output_dir)
+    source = "-oracle_vae_roundtrip" if args.oracle else ""
+    if args.predictions_dir:
+        source = f"-predictions_{Path(args.predictions_dir).name}"
+    return Path(args.output_dir) / f"eval-{args.split}-{args.resolution}px-thr{args.threshold:g}-{args.eval_protocol}{source}"
+
+
+def compute_dtype(args: argparse.Namespace) -> torch.dtype:
+    if not torch.cuda.is_available():
+        return torch.float32
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.mixed_precision, torch.float32)
+
+
+def load_prediction(predictions_dir: str, subset: str, stem: str) -> torch.Tensor:
+    path = Path(predictions_dir) / subset / f"{stem}.png"
+    if not path.is_file():
+        raise FileNotFoundError(f"missing prediction {path}: expected <predictions_dir>/<subset>/<stem>.png")
+    return png_to_raw(path)
+
+
+def build_raw_source(args: argparse.Namespace, accelerator: Accelerator) -> Callable[[dict], list | torch.Tensor]:
+    """batch -> raw masks in [0, 1]: from saved PNGs, from the VAE round trip, or from the trained model."""
+    if args.predictions_dir:
+        return lambda batch: [load_prediction(args.predictions_dir, *key) for key in zip(batch["subset"], batch["stem"])]
+    model, device, dtype = args.pretrained_model_name_or_path, accelerator.device, compute_dtype(args)
+    vae = load_frozen_vae(model, args.revision, args.variant, dtype).to(device)
+    if args.oracle == "vae_roundtrip":  # the ceiling the VAE alone imposes: GT mask -> encode -> decode
+        return lambda batch: decode_raw_mask(vae, encode_latents(vae, batch["mask_values"].to(device)))
+    with accelerator.local_main_process_first():
+        prompt_embeds, pooled = load_empty_prompt_embeds(model, args.revision, args.variant,
+                                                         args.prompt_embeds_cache_dir, device)
+    transformer = load_trained_transformer(args.transformer_path or args.output_dir, dtype).to(device)
+    predictor = MaskPredictor(vae, transformer, prompt_embeds.to(device, dtype), pooled.to(device, dtype), args.timestep)
+    return lambda batch: predictor.predict_raw(batch["pixel_values"].to(device))
+
+
+def write_panels(args: argparse.Namespace, out_dir: Path, samples: list[Sample], scores: list[ImageScore]) -> None:
+    """Panels (image | raw | binary | GT, errors coloured) for the worst-k images and the first few of each subset."""
+    by_key = {(s.subset, s.stem): s for s in samples}
+    chosen = {("worst", i): s for i, s in enumerate(worst_k(scores, args.num_worst_panels))}
+    for subset in args.subsets:
+        for i, s in enumerate([s for s in scores if s.subset == subset][: args.num_sample_panels]):
+            chosen[("sample", i)] = s
+    with BackgroundImageWriter() as writer:
+        for (kind, rank), score in chosen.items():
+            sample = by_key[(score.subset, score.stem)]
+            raw = png_to_raw(out_dir / "raw" / score.subset / f"{score.stem}.png")
+            panel = render_panel(load_image(sample.image_path), raw, load_mask_classes(sample.mask_path) > 0, args.threshold)
+            name = f"{rank:03d}_{score.subset}_{score.stem}.png" if kind == "worst" else f"{score.subset}_{score.stem}.png"
+            writer.submit(out_dir / "panels" / kind / name, panel)
+
+
+def main() -> None:
+    args = load_config()
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    out_dir = eval_output_dir(args)
+    if accelerator.is_main_process:
+        write_run_snapshot(args, out_dir)
+
+    samples = validate_split(args.dataset_path, args.split, args.subsets)
+    loader = torch.utils.data.DataLoader(
+        Trans10kEval(samples, args.resolution), batch_size=args.eval_batch_size, collate_fn=eval_collate,
+        num_workers=args.dataloader_num_workers,
+    )
+    loader = accelerator.prepare(loader)  # shards the images; gather_for_metrics drops the padding duplicates
+    raw_source = build_raw_source(args, accelerator)
+
+    scores: list[ImageScore] = []
+    histograms: list[torch.Tensor] = []
+    progress = tqdm(loader, desc=f"{args.split}", disable=not accelerator.is_local_main_process)
+    with BackgroundImageWriter() as writer, torch.inference_mode():  # PNG encoding never blocks the GPU
+        for batch in progress:
+            batch_scores, raws, gts = score_batch(raw_source(batch), batch, args.threshold, args.eval_protocol,
+                                                  args.resolution)
+            for score, raw, gt_classes in zip(batch_scores, raws, batch["gt_classes"]):
+                if args.save_raw_predictions:
+                    native = resize_raw(raw, tuple(gt_classes.shape)) if raw.shape != gt_classes.shape else raw
+                    writer.submit(out_dir / "raw" / score.subset / f"{score.stem}.png", raw_to_png_array(native))
+            scores += accelerator.gather_for_metrics(batch_scores, use_gather_object=True)
+            if args.threshold_sweep:
+                batch_hist = torch.stack([sweep_histogram(r, g) for r, g in zip(raws, gts)]).to(accelerator.device)
+                histograms.append(accelerator.gather_for_metrics(batch_hist).cpu())
+    accelerator.wait_for_everyone()  # every rank's PNGs are on disk before panels read them
+
+    if accelerator.is_main_process:
+        summary = summarize_subsets(scores)
+        extra = {"split": args.split, "protocol": args.eval_protocol, "resolution": args.resolution,
+                 "source": "predictions" if args.predictions_dir else args.oracle or "model"}
+        if args.threshold_sweep:
+            extra["threshold_sweep"] = threshold_sweep(torch.cat(histograms).sum(0)).to_dict()
+        write_metrics_json(out_dir / "metrics.json", args.threshold, summary, extra)
+        write_metrics_md(out_dir / "metrics.md", summary, title=f"Trans10k {args.split} ({extra['source']})",
+                         protocol_note=f"protocol: {args.eval_protocol}, {args.resolution} px, threshold {args.threshold}")
+        write_per_image_csv(out_dir / "per_image.csv", scores)
+        if args.save_raw_predictions:
+            write_panels(args, out_dir, samples, scores)
+        print(format_summary_table(summary))
+        if "threshold_sweep" in extra:
+            print(f"threshold sweep ({args.split}): {extra['threshold_sweep']}")
+        print(f"wrote {out_dir}")
+    accelerator.end_training()
+
+
+if __name__ == "__main__":
+    main()
