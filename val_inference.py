@@ -17,9 +17,8 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from dataset.trans10k import Sample, Trans10kEval, eval_collate, load_image, load_mask_classes, validate_split
-from models.conditioning import load_empty_prompt_embeds
-from models.loading import load_frozen_vae, load_trained_transformer
-from models.segmenter import MaskPredictor, decode_raw_mask, encode_latents
+from models.loading import load_frozen_vae
+from models.segmenter import decode_raw_mask, encode_latents, load_predictor
 from utils.config import load_config
 from utils.eval_report import format_summary_table, write_metrics_json, write_metrics_md, write_per_image_csv
 from utils.evaluation import score_batch
@@ -55,15 +54,12 @@ def build_raw_source(args: argparse.Namespace, accelerator: Accelerator) -> Call
     """batch -> raw masks in [0, 1]: from saved PNGs, from the VAE round trip, or from the trained model."""
     if args.predictions_dir:
         return lambda batch: [load_prediction(args.predictions_dir, *key) for key in zip(batch["subset"], batch["stem"])]
-    model, device, dtype = args.pretrained_model_name_or_path, accelerator.device, compute_dtype(args)
-    vae = load_frozen_vae(model, args.revision, args.variant, dtype).to(device)
+    device, dtype = accelerator.device, compute_dtype(args)
     if args.oracle == "vae_roundtrip":  # the ceiling the VAE alone imposes: GT mask -> encode -> decode
+        vae = load_frozen_vae(args.pretrained_model_name_or_path, args.revision, args.variant, dtype).to(device)
         return lambda batch: decode_raw_mask(vae, encode_latents(vae, batch["mask_values"].to(device)))
-    with accelerator.local_main_process_first():
-        prompt_embeds, pooled = load_empty_prompt_embeds(model, args.revision, args.variant,
-                                                         args.prompt_embeds_cache_dir, device)
-    transformer = load_trained_transformer(args.transformer_path or args.output_dir, dtype).to(device)
-    predictor = MaskPredictor(vae, transformer, prompt_embeds.to(device, dtype), pooled.to(device, dtype), args.timestep)
+    with accelerator.local_main_process_first():  # one process per machine computes the conditioning cache
+        predictor = load_predictor(args, args.transformer_path or args.output_dir, device, dtype)
     return lambda batch: predictor.predict_raw(batch["pixel_values"].to(device))
 
 

@@ -54,3 +54,15 @@ class MaskPredictor:
         dtype = next(self.transformer.parameters()).dtype
         mask_latents = self.predict_latents(image_latents.to(dtype))
         return decode_raw_mask(self.vae, mask_latents)
+
+
+def load_predictor(args, transformer_path: str, device: torch.device, dtype: torch.dtype) -> MaskPredictor:
+    """The trained predictor for evaluation and prediction: base VAE + conditioning, fine-tuned transformer."""
+    from models.conditioning import load_empty_prompt_embeds
+    from models.loading import load_frozen_vae, load_trained_transformer
+
+    model, revision, variant = args.pretrained_model_name_or_path, args.revision, args.variant
+    prompt_embeds, pooled = load_empty_prompt_embeds(model, revision, variant, args.prompt_embeds_cache_dir, device)
+    vae = load_frozen_vae(model, revision, variant, dtype).to(device)
+    transformer = load_trained_transformer(transformer_path, dtype).to(device)
+    return MaskPredictor(vae, transformer, prompt_embeds.to(device, dtype), pooled.to(device, dtype), args.timestep)

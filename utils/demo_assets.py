@@ -79,6 +79,7 @@ TINY_VAE_CONFIG: dict = {
 VAE_FIT_STEPS = 200
 VAE_FIT_BATCH_SIZE = 32  # half images, half masks
 VAE_FIT_LR = 2e-3
+VAE_MASK_FRACTION = 0.5  # share of masks in each batch; masks matter most (the method decodes mask latents)
 VAE_LATENT_PENALTY = 1e-4  # weight of mean(mode^2): keeps latents bounded, negligible for reconstruction
 
 # Tiny text encoders: a character vocabulary is enough for encode_prompt("") to run the real code path.
@@ -186,6 +187,7 @@ def fit_vae(
     batch_size: int = VAE_FIT_BATCH_SIZE,
     lr: float = VAE_FIT_LR,
     latent_penalty: float = VAE_LATENT_PENALTY,
+    mask_fraction: float = VAE_MASK_FRACTION,
     seed: int = 0,
 ) -> list[float]:
     """Fit the VAE as a deterministic autoencoder on images and masks; returns the loss of every step.
@@ -198,14 +200,14 @@ def fit_vae(
     optimizer = torch.optim.Adam(vae.parameters(), lr=lr)
     # Cosine decay: a high rate early for speed, a low one at the end for a clean final reconstruction.
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / steps)))
-    half = batch_size // 2
+    num_masks = round(batch_size * mask_fraction)
     losses = []
     vae.train()
     for _ in range(steps):
         batch = torch.cat(
             [
-                images[torch.randint(len(images), (half,), generator=generator)],
-                masks[torch.randint(len(masks), (batch_size - half,), generator=generator)],
+                images[torch.randint(len(images), (batch_size - num_masks,), generator=generator)],
+                masks[torch.randint(len(masks), (num_masks,), generator=generator)],
             ]
         )
         flip = torch.rand(len(batch), generator=generator) < 0.5

@@ -8,12 +8,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from utils.metrics import ImageScore, resize_raw, score_image
+from utils.metrics import ImageScore, binarize_gt, resize_raw, score_image
 
 
 def gt_binary_at(gt_classes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Binary ground truth (any non-zero class) at `size`, resized with nearest neighbour when it differs."""
-    binary = gt_classes > 0
+    binary = binarize_gt(gt_classes)
     if tuple(binary.shape) == tuple(size):
         return binary
     return F.interpolate(binary[None, None].float(), size=size, mode="nearest")[0, 0] > 0.5

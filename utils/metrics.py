@@ -104,7 +104,7 @@ class ImageScore:
 
 
 def binarize_gt(mask: torch.Tensor) -> torch.Tensor:
-    """GT binary: any non-zero mask value is foreground (Trans10k masks mark things and stuff with different values)."""
+    """GT binary: any non-zero mask value is foreground (Trans10k marks things and stuff with different values)."""
     return mask != 0
 
 
@@ -169,7 +169,9 @@ def _count_rows(raw: torch.Tensor, gt_binary: torch.Tensor, threshold: float) ->
     return torch.cat([counts, abs_err[:, None], sq_err[:, None]], dim=1)
 
 
-def score_batch_tensor(raw: torch.Tensor, gt_binary: torch.Tensor, threshold: float = DEFAULT_THRESHOLD) -> torch.Tensor:
+def score_batch_tensor(
+    raw: torch.Tensor, gt_binary: torch.Tensor, threshold: float = DEFAULT_THRESHOLD
+) -> torch.Tensor:
     """Score a same-size batch: raw float [B, H, W] in [0, 1], gt [B, H, W] -> float64 [B, 6] on raw's device.
 
     Columns follow ROW_FIELDS. Meant for ``gather_for_metrics`` as a tensor; rebuild with ``ImageScore.from_row``.

@@ -1,0 +1,451 @@
+"""Trans10k on disk: layout discovery, validation, training/evaluation datasets, the training sampler and collate.
+
+Layout (image ``<stem>.jpg``, ``.jpeg`` or ``.png``; mask ``<stem>_mask.png`` with the same stem)::
+
+    root/train/{images,masks}/
+    root/validation/{easy,hard}/{images,masks}/
+    root/test/{easy,hard}/{images,masks}/
+
+Bad data never passes silently: discovery and validation collect every problem and raise one ``DatasetError``
+listing them, and a file that fails while loading an item raises ``DatasetError`` naming it.
+
+Training augmentation is reproducible: ``TrainSampler`` yields ``(index, aug_seed)`` keys, and ``Trans10kTrain``
+draws all its randomness from a ``torch.Generator`` seeded with ``aug_seed``, so a batch does not depend on the
+number of DataLoader workers or on which worker loads it, and a resumed run sees the same batches again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import operator
+import struct
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from dataset.transforms import (
+    IMAGE_RESAMPLE,
+    MASK_MODES,
+    MASK_RESAMPLE,
+    Size,
+    augment_pair,
+    binary_to_tensor,
+    draft_jpeg,
+    grey_to_classes,
+    image_to_tensor,
+    mask_grey_level,
+    min_decode_size,
+    sample_train_augmentation,
+    to_upright_rgb,
+    upright_size,
+)
+
+SPLITS = ("train", "validation", "test")
+SUBSETS = ("easy", "hard")
+# Image pairs per split in the official release; the easy/hard breakdown is not published with the data.
+OFFICIAL_SPLIT_SIZES = {"train": 5000, "validation": 1000, "test": 4428}
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+MASK_SUFFIX = "_mask.png"
+
+EXPECTED_LAYOUT = """\
+Expected Trans10k layout (image <stem>.jpg, .jpeg or .png; mask <stem>_mask.png):
+  {root}/
+    train/images/               train/masks/
+    validation/easy/images/     validation/easy/masks/
+    validation/hard/images/     validation/hard/masks/
+    test/easy/images/           test/easy/masks/
+    test/hard/images/           test/hard/masks/"""
+
+# What PIL raises on a missing, unreadable, corrupt or truncated file (UnidentifiedImageError is an OSError).
+_READ_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError)
+
+
+class DatasetError(ValueError):
+    """Trans10k data that cannot be used as is; the message names the file(s) and says what to do."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    image_path: Path
+    mask_path: Path
+    stem: str
+    split: str
+    subset: str  # "easy" or "hard"; "" for train
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Layout discovery
+
+
+@dataclass
+class SplitScan:
+    """What ``scan_split`` found: the matched pairs and the problems met on the way, without opening any file."""
+
+    samples: list[Sample] = field(default_factory=list)
+    layout_problems: list[str] = field(default_factory=list)  # missing or empty folders
+    pairing_problems: list[str] = field(default_factory=list)  # image without mask, mask without image, duplicates
+
+    @property
+    def problems(self) -> list[str]:
+        return self.layout_problems + self.pairing_problems
+
+
+def expected_layout(root: str | Path) -> str:
+    return EXPECTED_LAYOUT.format(root=root)
+
+
+def split_folders(root: str | Path, split: str, subsets: Sequence[str] = SUBSETS) -> list[tuple[str, Path]]:
+    """(subset, folder holding images/ and masks/) for a split; train has the single subset ""."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+    unknown = [subset for subset in subsets if subset not in SUBSETS]
+    if unknown:
+        raise ValueError(f"unknown subset(s) {unknown}; expected some of {SUBSETS}")
+    split_dir = Path(root) / split
+    if split == "train":
+        return [("", split_dir)]
+    return [(subset, split_dir / subset) for subset in subsets]
+
+
+def _files(folder: Path) -> list[Path]:
+    return [path for path in folder.iterdir() if path.is_file() and not path.name.startswith(".")]
+
+
+def _images_by_stem(images_dir: Path, scan: SplitScan) -> dict[str, Path]:
+    images: dict[str, Path] = {}
+    for path in sorted(_files(images_dir)):
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        if path.stem in images:
+            scan.pairing_problems.append(
+                f"two images for stem {path.stem!r}: {images[path.stem]} and {path}; keep one"
+            )
+            continue
+        images[path.stem] = path
+    return images
+
+
+def _masks_by_stem(masks_dir: Path) -> dict[str, Path]:
+    return {
+        path.name[: -len(MASK_SUFFIX)]: path for path in _files(masks_dir) if path.name.lower().endswith(MASK_SUFFIX)
+    }
+
+
+def _scan_folder(folder: Path, split: str, subset: str, scan: SplitScan) -> None:
+    images_dir, masks_dir = folder / "images", folder / "masks"
+    missing = [str(path) for path in (folder, images_dir, masks_dir) if not path.is_dir()]
+    if missing:
+        scan.layout_problems.append(f"missing folder {missing[0]}")
+        return
+    images = _images_by_stem(images_dir, scan)
+    masks = _masks_by_stem(masks_dir)
+    if not images:
+        scan.layout_problems.append(f"empty folder: no images ({', '.join(IMAGE_SUFFIXES)}) in {images_dir}")
+    if not masks:
+        scan.layout_problems.append(f"empty folder: no masks (*{MASK_SUFFIX}) in {masks_dir}")
+    if not images or not masks:
+        return
+    for stem in sorted(images.keys() - masks.keys()):
+        expected_mask = masks_dir / f"{stem}{MASK_SUFFIX}"
+        scan.pairing_problems.append(
+            f"image without mask: {images[stem]} (expected {expected_mask}); add the mask or remove the image"
+        )
+    for stem in sorted(masks.keys() - images.keys()):
+        scan.pairing_problems.append(
+            f"mask without image: {masks[stem]} (expected {images_dir / stem}.jpg, .jpeg or .png); "
+            "add the image or remove the mask"
+        )
+    for stem in sorted(images.keys() & masks.keys()):
+        scan.samples.append(Sample(images[stem], masks[stem], stem, split, subset))
+
+
+def scan_split(root: str | Path, split: str, subsets: Sequence[str] = SUBSETS) -> SplitScan:
+    """Pair images with masks in one split and collect layout/pairing problems instead of raising."""
+    scan = SplitScan()
+    if not Path(root).is_dir():
+        scan.layout_problems.append(f"dataset folder {root} does not exist")
+        return scan
+    for subset, folder in split_folders(root, split, subsets):
+        _scan_folder(folder, split, subset, scan)
+    return scan
+
+
+def _problem_report(header: str, problems: Sequence[str]) -> str:
+    return "\n".join([f"{header} ({len(problems)} problem(s)):", *(f"  - {problem}" for problem in problems)])
+
+
+def _raise_for_problems(root: str | Path, split: str, scan: SplitScan, file_problems: Sequence[str] = ()) -> None:
+    problems = [*scan.problems, *file_problems]
+    if not problems:
+        return
+    message = _problem_report(f"Trans10k {split} split at {root}", problems)
+    if scan.layout_problems:
+        message += "\n" + expected_layout(root)
+    message += f"\nFix the files listed, then run `python -m dataset.check {root}` to check the whole dataset."
+    raise DatasetError(message)
+
+
+def find_samples(root: str | Path, split: str, subsets: Sequence[str] = SUBSETS) -> list[Sample]:
+    """Image/mask pairs of a split, sorted by subset (in the order given) then stem. Does not open any file.
+
+    Raises DatasetError listing every missing or empty folder (with the expected layout), image without mask and
+    mask without image.
+    """
+    scan = scan_split(root, split, subsets)
+    _raise_for_problems(root, split, scan)
+    return scan.samples
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# File checks and loading
+
+
+@contextmanager
+def _reading(path: Path, what: str) -> Iterator[None]:
+    """Turn any PIL read failure inside the block into a DatasetError naming the file."""
+    try:
+        yield
+    except DatasetError:
+        raise
+    except _READ_ERRORS as error:
+        raise DatasetError(
+            f"cannot read {what} {path}: {error}. Replace it (re-download) or remove the pair; "
+            "`python -m dataset.check ROOT --deep` lists every unreadable file."
+        ) from error
+
+
+def size_mismatch_message(image_path: Path, image_size: Size, mask_path: Path, mask_size: Size) -> str:
+    message = (
+        f"size mismatch: image {image_path} is {image_size[0]}x{image_size[1]} (after EXIF orientation), "
+        f"mask {mask_path} is {mask_size[0]}x{mask_size[1]}"
+    )
+    if image_size == mask_size[::-1]:
+        message += "; rotated pair? (width and height swapped: check the image's EXIF orientation or rotate the mask)"
+    return message
+
+
+def _check_pair_size(sample: Sample, image_size: Size, mask_size: Size) -> None:
+    if image_size != mask_size:
+        raise DatasetError(size_mismatch_message(sample.image_path, image_size, sample.mask_path, mask_size))
+
+
+def _probe(path: Path, what: str, deep: bool, problems: list[str]) -> Size | None:
+    """Upright size from the header (fully decoding if deep); appends a problem and returns None if unreadable."""
+    try:
+        with _reading(path, what), Image.open(path) as image:
+            if what == "mask" and image.mode not in MASK_MODES:
+                raise ValueError(f"unsupported mask mode {image.mode!r}; expected one of {', '.join(MASK_MODES)}")
+            if deep:
+                image.load()
+            return upright_size(image)
+    except DatasetError as error:
+        problems.append(str(error))
+        return None
+
+
+def find_problems(samples: Sequence[Sample], deep: bool = False) -> list[str]:
+    """Every unreadable file and image/mask size mismatch among ``samples``.
+
+    Reads headers only (fast) unless ``deep``, which decodes every file and so also catches truncated data.
+    """
+    problems: list[str] = []
+    for sample in samples:
+        image_size = _probe(sample.image_path, "image", deep, problems)
+        mask_size = _probe(sample.mask_path, "mask", deep, problems)
+        if image_size is not None and mask_size is not None and image_size != mask_size:
+            problems.append(size_mismatch_message(sample.image_path, image_size, sample.mask_path, mask_size))
+    return problems
+
+
+def validate_split(root: str | Path, split: str, subsets: Sequence[str] = SUBSETS, deep: bool = False) -> list[Sample]:
+    """find_samples + find_problems: the split's samples, or one DatasetError listing all problems."""
+    scan = scan_split(root, split, subsets)
+    _raise_for_problems(root, split, scan, find_problems(scan.samples, deep=deep))
+    return scan.samples
+
+
+def read_image_size(path: str | Path) -> Size:
+    """(width, height) of the upright image, from the header only."""
+    path = Path(path)
+    with _reading(path, "image"), Image.open(path) as image:
+        return upright_size(image)
+
+
+def _decode_image(path: Path, min_size: Size | None) -> tuple[Image.Image, int, Size]:
+    """(upright RGB image, JPEG draft factor, original upright size read before drafting)."""
+    with _reading(path, "image"), Image.open(path) as image:
+        original_size = upright_size(image)
+        draft_factor = draft_jpeg(image, min_size) if min_size is not None else 1
+        return to_upright_rgb(image), draft_factor, original_size
+
+
+def load_image(path: str | Path, draft_size: Size | None = None) -> Image.Image:
+    """Upright RGB image (EXIF orientation applied). ``draft_size`` (width, height) lets a JPEG decode at a
+    reduced scale that is still at least that size: much faster when the image will be shrunk anyway."""
+    image, _, _ = _decode_image(Path(path), draft_size)
+    return image
+
+
+def load_mask_grey(path: str | Path) -> Image.Image:
+    """Mode-L mask of grey levels (0 background, 85 things, 255 stuff); see dataset.transforms."""
+    path = Path(path)
+    with _reading(path, "mask"), Image.open(path) as mask:
+        return mask_grey_level(mask)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Training
+
+
+def _hash_seed(*parts: object) -> int:
+    """A 64-bit seed from labelled parts: distinct parts give unrelated seeds, on any machine and process."""
+    return int.from_bytes(hashlib.blake2b(repr(parts).encode(), digest_size=8).digest(), "little")
+
+
+def augmentation_seed(seed: int, epoch: int, index: int) -> int:
+    """The aug_seed TrainSampler pairs with ``index`` in ``epoch``."""
+    return _hash_seed("augment", seed, epoch, index)
+
+
+class TrainSampler(torch.utils.data.Sampler):
+    """Yields (index, aug_seed) keys: a permutation seeded by (seed, epoch) and a per-sample augmentation seed.
+
+    Every process yields the same sequence (Accelerate shards the batches). Call ``set_epoch`` before each epoch.
+    """
+
+    def __init__(self, num_samples: int, seed: int, shuffle: bool = True) -> None:
+        self.num_samples = num_samples
+        self.seed = seed
+        self.shuffle = shuffle
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(_hash_seed("order", self.seed, self.epoch))
+            order = torch.randperm(self.num_samples, generator=generator).tolist()
+        else:
+            order = range(self.num_samples)
+        for index in order:
+            yield index, augmentation_seed(self.seed, self.epoch, index)
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+class Trans10kTrain(torch.utils.data.Dataset):
+    """Augmented training pairs at ``resolution`` x ``resolution``.
+
+    Keys are (index, aug_seed) from TrainSampler, or a plain index (then aug_seed is that of epoch 0).
+    random_crop_scale: minimum area fraction of a random resized crop; 1.0 resizes the whole image.
+    color_jitter: brightness/contrast/saturation factors drawn in [1 - s, 1 + s] on the image only; 0 disables.
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        resolution: int,
+        random_flip: bool,
+        color_jitter: float,
+        random_crop_scale: float,
+        seed: int,
+    ) -> None:
+        if resolution < 1:
+            raise ValueError(f"resolution must be positive, got {resolution}")
+        if not 0.0 < random_crop_scale <= 1.0:
+            raise ValueError(f"random_crop_scale must be in (0, 1], got {random_crop_scale}")
+        if color_jitter < 0.0:
+            raise ValueError(f"color_jitter must be >= 0, got {color_jitter}")
+        self.samples = list(samples)
+        self.resolution = resolution
+        self.random_flip = random_flip
+        self.color_jitter = color_jitter
+        self.random_crop_scale = random_crop_scale
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _index_and_seed(self, key: int | tuple[int, int]) -> tuple[int, int]:
+        if isinstance(key, tuple | list):
+            index, aug_seed = (operator.index(part) for part in key)
+        else:
+            index = operator.index(key)
+            aug_seed = augmentation_seed(self.seed, 0, index)
+        if not 0 <= index < len(self.samples):
+            raise IndexError(f"index {index} out of range for {len(self.samples)} samples")
+        return index, aug_seed
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        index, aug_seed = self._index_and_seed(key)
+        sample = self.samples[index]
+        generator = torch.Generator().manual_seed(aug_seed)
+        image_size = read_image_size(sample.image_path)
+        mask_grey = load_mask_grey(sample.mask_path)
+        _check_pair_size(sample, image_size, mask_grey.size)
+        augmentation = sample_train_augmentation(
+            image_size, generator, self.random_flip, self.color_jitter, self.random_crop_scale
+        )
+        # Decode the JPEG only as large as the crop needs: at low resolutions this skips most of the IDCT work.
+        min_size = min_decode_size(image_size, augmentation.crop_box, self.resolution)
+        image, draft_factor, _ = _decode_image(sample.image_path, min_size)
+        image, mask_grey = augment_pair(image, mask_grey, augmentation, draft_factor, self.resolution)
+        return {
+            "pixel_values": image_to_tensor(image),
+            "mask_values": binary_to_tensor(np.array(mask_grey) > 0),
+            "stem": sample.stem,
+        }
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Evaluation
+
+
+class Trans10kEval(torch.utils.data.Dataset):
+    """Whole images resized to ``resolution`` x ``resolution`` plus the ground truth at its native size."""
+
+    def __init__(self, samples: Sequence[Sample], resolution: int) -> None:
+        if resolution < 1:
+            raise ValueError(f"resolution must be positive, got {resolution}")
+        self.samples = list(samples)
+        self.resolution = resolution
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sample = self.samples[index]
+        side = self.resolution
+        mask_grey = load_mask_grey(sample.mask_path)
+        # original_size is read from the header before drafting, so scoring uses the true size.
+        image, _, original_size = _decode_image(sample.image_path, (side, side))
+        _check_pair_size(sample, original_size, mask_grey.size)
+        width, height = original_size
+        return {
+            "pixel_values": image_to_tensor(image.resize((side, side), IMAGE_RESAMPLE)),
+            "mask_values": binary_to_tensor(np.array(mask_grey.resize((side, side), MASK_RESAMPLE)) > 0),
+            "gt_classes": torch.from_numpy(grey_to_classes(np.array(mask_grey))),
+            "original_size": (height, width),
+            "stem": sample.stem,
+            "subset": sample.subset,
+        }
+
+
+_STACKED_KEYS = ("pixel_values", "mask_values")
+
+
+def eval_collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack the fixed-size tensors; keep native-size ground truths and metadata as per-item lists."""
+    collated: dict[str, Any] = {}
+    for key in batch[0]:
+        values = [item[key] for item in batch]
+        collated[key] = torch.stack(values) if key in _STACKED_KEYS else values
+    return collated

@@ -1,0 +1,193 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dataset.transforms import (
+    BACKGROUND,
+    CROP_ASPECT_RANGE,
+    STUFF,
+    THINGS,
+    JitterFactors,
+    TrainAugmentation,
+    augment_pair,
+    binary_to_tensor,
+    draft_jpeg,
+    grey_to_classes,
+    image_to_tensor,
+    mask_to_binary,
+    mask_to_classes,
+    min_decode_size,
+    sample_crop_box,
+    sample_jitter_factors,
+    to_upright_rgb,
+    upright_size,
+)
+
+# Official grey levels: background 0, things 85, stuff 255.
+GREY = np.array([[0, 85, 255], [255, 0, 85]], dtype=np.uint8)
+EXPECTED_BINARY = GREY > 0
+EXPECTED_CLASSES = np.array([[BACKGROUND, THINGS, STUFF], [STUFF, BACKGROUND, THINGS]], dtype=np.uint8)
+
+
+def _mask_in_mode(mode: str) -> Image.Image:
+    if mode == "L":
+        return Image.fromarray(GREY, mode="L")
+    if mode == "RGB":
+        return Image.fromarray(np.stack([GREY] * 3, axis=-1), mode="RGB")
+    # P: indices 0, 1, 2 whose palette colours are the grey levels 0, 85, 255.
+    indices = np.select([GREY == 85, GREY == 255], [1, 2], 0).astype(np.uint8)
+    mask = Image.fromarray(indices, mode="P")
+    mask.putpalette([0, 0, 0, 85, 85, 85, 255, 255, 255])
+    return mask
+
+
+@pytest.mark.parametrize("mode", ["L", "P", "RGB"])
+def test_official_levels_decode_to_binary_and_classes_in_every_mode(mode: str) -> None:
+    mask = _mask_in_mode(mode)
+    assert mask.mode == mode
+
+    np.testing.assert_array_equal(mask_to_binary(mask), EXPECTED_BINARY)
+    classes = mask_to_classes(mask)
+    assert classes.dtype == np.uint8
+    np.testing.assert_array_equal(classes, EXPECTED_CLASSES)
+
+
+def test_palette_colour_decides_not_palette_index() -> None:
+    # Index 0 is painted white (stuff) and index 1 black (background): the colour is what counts.
+    mask = Image.fromarray(np.array([[0, 1]], dtype=np.uint8), mode="P")
+    mask.putpalette([255, 255, 255, 0, 0, 0])
+
+    np.testing.assert_array_equal(mask_to_binary(mask), [[True, False]])
+    np.testing.assert_array_equal(mask_to_classes(mask), [[STUFF, BACKGROUND]])
+
+
+def test_rgb_pixel_with_any_non_zero_channel_is_transparent() -> None:
+    pixels = np.array([[[0, 0, 7], [0, 200, 0], [0, 0, 0]]], dtype=np.uint8)
+    mask = Image.fromarray(pixels, mode="RGB")
+
+    np.testing.assert_array_equal(mask_to_binary(mask), [[True, True, False]])
+    np.testing.assert_array_equal(mask_to_classes(mask), [[THINGS, STUFF, BACKGROUND]])
+
+
+def test_unofficial_grey_levels_go_to_the_nearer_class() -> None:
+    grey = np.array([0, 1, 84, 85, 169, 170, 254, 255], dtype=np.uint8)
+    expected = [BACKGROUND, THINGS, THINGS, THINGS, THINGS, STUFF, STUFF, STUFF]
+    np.testing.assert_array_equal(grey_to_classes(grey), expected)
+
+
+def test_unsupported_mask_mode_is_rejected() -> None:
+    with pytest.raises(ValueError, match="unsupported mask mode 'I;16'"):
+        mask_to_binary(Image.new("I;16", (4, 4)))
+
+
+def _write_halves_jpeg(path: Path, size: tuple[int, int], orientation: int) -> Path:
+    """Stored left half red, right half blue, with an EXIF Orientation tag."""
+    width, height = size
+    pixels = np.zeros((height, width, 3), dtype=np.uint8)
+    pixels[:, : width // 2] = (255, 0, 0)
+    pixels[:, width // 2 :] = (0, 0, 255)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(pixels).save(path, exif=exif, quality=95)
+    return path
+
+
+def test_exif_orientation_6_comes_out_upright(tmp_path: Path) -> None:
+    path = _write_halves_jpeg(tmp_path / "rotated.jpg", (40, 30), orientation=6)
+
+    with Image.open(path) as image:
+        assert image.size == (40, 30)  # stored pixels
+        assert upright_size(image) == (30, 40)  # from the header
+        upright = to_upright_rgb(image)
+
+    # Orientation 6 means "rotate 90 degrees clockwise to display": the stored left half becomes the top half.
+    assert upright.size == (30, 40)
+    pixels = np.array(upright, dtype=int)
+    assert pixels[5, 15].tolist() == pytest.approx([255, 0, 0], abs=30)
+    assert pixels[35, 15].tolist() == pytest.approx([0, 0, 255], abs=30)
+
+
+def test_draft_decodes_a_rotated_jpeg_smaller_but_not_below_the_request(tmp_path: Path) -> None:
+    path = _write_halves_jpeg(tmp_path / "big.jpg", (400, 300), orientation=6)
+
+    with Image.open(path) as image:
+        factor = draft_jpeg(image, (30, 40))  # upright (width, height)
+        upright = to_upright_rgb(image)
+
+    assert factor == 8
+    assert upright.size == (38, 50)  # ceil(300 / 8) x ceil(400 / 8), still upright
+    assert upright.size[0] >= 30 and upright.size[1] >= 40
+
+
+def test_draft_leaves_png_alone(tmp_path: Path) -> None:
+    path = tmp_path / "big.png"
+    Image.new("RGB", (400, 300)).save(path)
+    with Image.open(path) as image:
+        assert draft_jpeg(image, (10, 10)) == 1
+        assert image.size == (400, 300)
+
+
+@pytest.mark.parametrize("min_area", [0.08, 0.5, 0.9])
+def test_crop_boxes_stay_inside_with_area_and_aspect_in_range(min_area: float) -> None:
+    width, height = 400, 300
+    for seed in range(50):
+        left, top, right, bottom = sample_crop_box((width, height), min_area, torch.Generator().manual_seed(seed))
+        assert 0 <= left < right <= width and 0 <= top < bottom <= height
+        area_fraction = (right - left) * (bottom - top) / (width * height)
+        assert min_area - 1e-9 <= area_fraction <= 1 + 1e-9
+        assert CROP_ASPECT_RANGE[0] - 1e-9 <= (right - left) / (bottom - top) <= CROP_ASPECT_RANGE[1] + 1e-9
+
+
+def test_crop_scale_one_is_the_whole_image_and_smaller_scales_vary() -> None:
+    assert sample_crop_box((400, 300), 1.0, torch.Generator().manual_seed(0)) == (0.0, 0.0, 400.0, 300.0)
+    boxes = {sample_crop_box((400, 300), 0.3, torch.Generator().manual_seed(seed)) for seed in range(10)}
+    assert len(boxes) == 10
+
+
+def test_min_decode_size_keeps_the_crop_at_least_the_output_side() -> None:
+    # A crop of a quarter of the width and half the height must be decoded from >= 4x / 2x the output side.
+    assert min_decode_size((800, 600), (0, 0, 200, 300), 64) == (256, 128)
+
+
+def test_jitter_factors_stay_in_range() -> None:
+    for seed in range(20):
+        factors = sample_jitter_factors(0.3, torch.Generator().manual_seed(seed))
+        for value in (factors.brightness, factors.contrast, factors.saturation):
+            assert 0.7 <= value <= 1.3
+
+
+def _position_image(width: int, height: int) -> Image.Image:
+    """Red encodes x, green encodes y."""
+    x, y = np.meshgrid(np.arange(width), np.arange(height))
+    pixels = np.stack([x * 8, y * 8, np.full_like(x, 128)], axis=-1).astype(np.uint8)
+    return Image.fromarray(pixels)
+
+
+def test_augment_pair_flips_both_and_jitters_only_the_image() -> None:
+    image = _position_image(16, 16)
+    grey = np.zeros((16, 16), dtype=np.uint8)
+    grey[:4, :3] = 255  # top-left block: asymmetric
+    mask = Image.fromarray(grey, mode="L")
+    whole = (0.0, 0.0, 16.0, 16.0)
+
+    plain = augment_pair(image, mask, TrainAugmentation(whole, flip=False, jitter=None), 1, 16)
+    flipped = augment_pair(image, mask, TrainAugmentation(whole, flip=True, jitter=None), 1, 16)
+    jittered = augment_pair(image, mask, TrainAugmentation(whole, False, JitterFactors(1.5, 0.5, 1.5)), 1, 16)
+
+    np.testing.assert_array_equal(np.array(flipped[0]), np.array(plain[0])[:, ::-1])
+    np.testing.assert_array_equal(np.array(flipped[1]), np.array(plain[1])[:, ::-1])
+    assert np.array(flipped[1])[0, 15] == 255 and np.array(flipped[1])[0, 0] == 0
+    np.testing.assert_array_equal(np.array(jittered[1]), grey)  # mask untouched
+    assert not np.array_equal(np.array(jittered[0]), np.array(plain[0]))
+
+
+def test_tensors_are_in_minus_one_to_one() -> None:
+    image = Image.fromarray(np.array([[[0, 255, 0]]], dtype=np.uint8))
+    assert image_to_tensor(image).flatten().tolist() == [-1.0, 1.0, -1.0]
+
+    mask = binary_to_tensor(np.array([[True, False]]))
+    assert mask.shape == (3, 1, 2) and mask.dtype == torch.float32
+    assert mask[:, 0, 0].tolist() == [1.0] * 3 and mask[:, 0, 1].tolist() == [-1.0] * 3
