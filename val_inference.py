@@ -12,11 +12,12 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from dataset.trans10k import Sample, Trans10kEval, eval_collate, load_image, load_mask_classes, validate_split
+from dataset.trans10k import Sample, Trans10kEval, eval_collate, load_image, load_mask_grey, validate_split
 from models.loading import load_frozen_vae
 from models.segmenter import decode_raw_mask, encode_latents, load_predictor
 from utils.config import load_config
@@ -66,17 +67,16 @@ def build_raw_source(args: argparse.Namespace, accelerator: Accelerator) -> Call
 def write_panels(args: argparse.Namespace, out_dir: Path, samples: list[Sample], scores: list[ImageScore]) -> None:
     """Panels (image | raw | binary | GT, errors coloured) for the worst-k images and the first few of each subset."""
     by_key = {(s.subset, s.stem): s for s in samples}
-    chosen = {("worst", i): s for i, s in enumerate(worst_k(scores, args.num_worst_panels))}
+    chosen = [(f"worst/{rank:03d}_", score) for rank, score in enumerate(worst_k(scores, args.num_worst_panels))]
     for subset in args.subsets:
-        for i, s in enumerate([s for s in scores if s.subset == subset][: args.num_sample_panels]):
-            chosen[("sample", i)] = s
+        chosen += [("sample/", score) for score in [s for s in scores if s.subset == subset][: args.num_sample_panels]]
     with BackgroundImageWriter() as writer:
-        for (kind, rank), score in chosen.items():
+        for prefix, score in chosen:
             sample = by_key[(score.subset, score.stem)]
             raw = png_to_raw(out_dir / "raw" / score.subset / f"{score.stem}.png")
-            panel = render_panel(load_image(sample.image_path), raw, load_mask_classes(sample.mask_path) > 0, args.threshold)
-            name = f"{rank:03d}_{score.subset}_{score.stem}.png" if kind == "worst" else f"{score.subset}_{score.stem}.png"
-            writer.submit(out_dir / "panels" / kind / name, panel)
+            gt_binary = torch.from_numpy(np.array(load_mask_grey(sample.mask_path)) > 0)
+            panel = render_panel(load_image(sample.image_path), raw, gt_binary, args.threshold)
+            writer.submit(out_dir / "panels" / f"{prefix}{score.subset}_{score.stem}.png", panel)
 
 
 def main() -> None:

@@ -47,7 +47,7 @@ _ROW_FORMAT = "{:<12}{:<8}{:>8}{:>10}{:>12}"
 
 def format_table(rows: Sequence[tuple[str, str, int, str, str]]) -> str:
     lines = [_ROW_FORMAT.format("split", "subset", "pairs", "official", "difference")]
-    lines += [_ROW_FORMAT.format(*row) for row in rows]
+    lines += [_ROW_FORMAT.format(*row).rstrip() for row in rows]
     return "\n".join(lines)
 
 

@@ -171,6 +171,9 @@ def scan_split(root: str | Path, split: str, subsets: Sequence[str] = SUBSETS) -
     if not Path(root).is_dir():
         scan.layout_problems.append(f"dataset folder {root} does not exist")
         return scan
+    if not (Path(root) / split).is_dir():
+        scan.layout_problems.append(f"missing split folder {Path(root) / split}")
+        return scan
     for subset, folder in split_folders(root, split, subsets):
         _scan_folder(folder, split, subset, scan)
     return scan

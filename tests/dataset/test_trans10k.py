@@ -5,6 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
+from dataset import trans10k, transforms
 from dataset.trans10k import (
     DatasetError,
     Sample,
@@ -46,9 +47,7 @@ def test_find_samples_subsets_in_order(tree: Path, split: str) -> None:
     assert [s.subset for s in find_samples(tree, split, subsets=("hard",))] == ["hard", "hard"]
 
 
-def test_find_samples_accepts_png_and_jpeg_images_and_ignores_other_files(
-    tree: Path, write_image, write_mask
-) -> None:
+def test_find_samples_accepts_png_and_jpeg_images_and_ignores_other_files(tree: Path, write_image, write_mask) -> None:
     folder = tree / "train"
     write_image(folder / "images" / "a.png")
     write_image(folder / "images" / "b.jpeg")
@@ -345,3 +344,28 @@ def test_eval_collate_stacks_tensors_and_lists_the_rest(tree: Path) -> None:
     assert [g.shape for g in batch["gt_classes"]] == [(30, 40), (30, 40)]
     assert batch["original_size"] == [(30, 40), (30, 40)]
     assert batch["stem"] == ["teeasy0", "tehard1"] and batch["subset"] == ["easy", "hard"]
+
+
+def test_drafted_jpeg_crop_matches_a_full_size_decode(tmp_path: Path, write_mask, monkeypatch) -> None:
+    x, y = np.meshgrid(np.arange(320), np.arange(240))
+    gradient = np.stack([x * 255 // 319, y * 255 // 239, (x + y) * 255 // 558], axis=-1).astype(np.uint8)
+    image_path = tmp_path / "gradient.jpg"
+    Image.fromarray(gradient).save(image_path, quality=95)
+    sample = Sample(image_path, write_mask(tmp_path / "gradient_mask.png", size=(320, 240)), "gradient", "train", "")
+    draft_factors: list[int] = []
+
+    def recording_draft_jpeg(image: Image.Image, min_size: tuple[int, int]) -> int:
+        draft_factors.append(transforms.draft_jpeg(image, min_size))
+        return draft_factors[-1]
+
+    monkeypatch.setattr(trans10k, "draft_jpeg", recording_draft_jpeg)
+    dataset = _train([sample], random_flip=False, random_crop_scale=0.3)
+
+    for aug_seed in range(5):
+        item = dataset[(0, aug_seed)]
+        generator = torch.Generator().manual_seed(aug_seed)
+        augmentation = transforms.sample_train_augmentation((320, 240), generator, False, 0.0, 0.3)
+        full_decode = Image.open(image_path).convert("RGB")
+        reference = full_decode.resize((16, 16), transforms.IMAGE_RESAMPLE, box=augmentation.crop_box)
+        assert (item["pixel_values"] - transforms.image_to_tensor(reference)).abs().mean() < 0.03
+    assert max(draft_factors) > 1  # the reduced decode was really used

@@ -1,0 +1,96 @@
+"""Segment transparent objects in your own images with a trained transformer.
+
+    python predict.py --transformer_path OUTPUT_DIR --input IMAGE_OR_DIR --output DIR
+
+Images of any size and orientation (EXIF applied) are resized to resolution x resolution for the model, as in
+training and validation, and the prediction is resized back to the native size. Per image writes
+<stem>_mask.png (binary 0/255), <stem>_raw.png (round(255 * raw)) and <stem>_overlay.png.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from dataset.trans10k import load_image
+from dataset.transforms import IMAGE_RESAMPLE, image_to_tensor
+from models.segmenter import load_predictor
+from utils.config import load_config
+from utils.image_writer import BackgroundImageWriter, raw_to_png_array
+from utils.metrics import resize_raw
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def list_images(input_path: Path) -> list[Path]:
+    if input_path.is_file():
+        return [input_path]
+    if input_path.is_dir():
+        images = sorted(p for p in input_path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if images:
+            return images
+        raise FileNotFoundError(f"--input {input_path}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+    raise FileNotFoundError(f"--input {input_path}: no such file or folder")
+
+
+class PredictImages(torch.utils.data.Dataset):
+    """User images: the model-sized tensor plus the upright native-size image for resizing back and overlays."""
+
+    def __init__(self, paths: list[Path], resolution: int) -> None:
+        self.paths, self.resolution = paths, resolution
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict:
+        image = load_image(self.paths[index])
+        side = self.resolution
+        return {"pixel_values": image_to_tensor(image.resize((side, side), IMAGE_RESAMPLE)),
+                "image": np.asarray(image), "stem": self.paths[index].stem}
+
+
+def collate(batch: list[dict]) -> dict:
+    return {"pixel_values": torch.stack([b["pixel_values"] for b in batch]),
+            "image": [b["image"] for b in batch], "stem": [b["stem"] for b in batch]}
+
+
+def overlay(image: np.ndarray, binary: np.ndarray) -> Image.Image:
+    """The image with transparent regions tinted red."""
+    tinted = image.astype(np.float32)
+    tinted[binary] = 0.5 * tinted[binary] + 0.5 * np.array([255, 0, 0], dtype=np.float32)
+    return Image.fromarray(tinted.round().astype(np.uint8))
+
+
+def main() -> None:
+    args = load_config()
+    if args.input is None or args.output is None:
+        print("predict.py: error: --input IMAGE_OR_DIR and --output DIR are required", file=sys.stderr)
+        sys.exit(2)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.mixed_precision, torch.float32)
+    dtype = dtype if device.type == "cuda" else torch.float32
+    predictor = load_predictor(args, args.transformer_path or args.output_dir, device, dtype)
+    loader = torch.utils.data.DataLoader(
+        PredictImages(list_images(Path(args.input)), args.resolution), batch_size=args.eval_batch_size,
+        collate_fn=collate, num_workers=args.dataloader_num_workers,
+    )
+    out_dir = Path(args.output)
+    with BackgroundImageWriter() as writer, torch.inference_mode():
+        for batch in tqdm(loader, desc="predict"):
+            raws = predictor.predict_raw(batch["pixel_values"].to(device))
+            for raw, image, stem in zip(raws, batch["image"], batch["stem"]):
+                native = resize_raw(raw, image.shape[:2])
+                binary = (native >= args.threshold).cpu().numpy()
+                writer.submit(out_dir / f"{stem}_raw.png", raw_to_png_array(native))
+                writer.submit(out_dir / f"{stem}_mask.png", binary.astype(np.uint8) * 255)
+                writer.submit(out_dir / f"{stem}_overlay.png", overlay(image, binary))
+    print(f"wrote {len(loader.dataset)} predictions to {out_dir}")
+
+
+if __name__ == "__main__":
+    main()
