@@ -37,7 +37,7 @@ from utils.evaluation import score_batch, to_uint8_image
 from utils.image_writer import render_panel
 from utils.metrics import summarize
 from utils.model_card import write_model_card
-from utils.run_snapshot import write_run_snapshot
+from utils.run_snapshot import atomic_write_text, write_run_snapshot
 
 logger = get_logger(__name__)
 
@@ -169,6 +169,18 @@ def log_panels(accelerator: Accelerator, panels: list[np.ndarray], step: int) ->
             tracker.log_images({"val/panels": np.stack(panels)}, step=step, dataformats="NHWC")
         elif tracker.name == "wandb":
             tracker.log_images({"val/panels": panels}, step=step)
+
+
+def check_replicas_agree(accelerator: Accelerator, transformer: torch.nn.Module) -> list[float] | None:
+    """Data-parallel replicas must hold identical weights; a silent desync would waste the whole run."""
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        return None  # ZeRO shards differ per rank by design
+    with torch.no_grad():
+        checksum = sum(p.double().sum() for p in accelerator.unwrap_model(transformer).parameters())
+    checksums = accelerator.gather(checksum.reshape(1).to(accelerator.device)).tolist()
+    if len(set(checksums)) > 1:
+        raise RuntimeError(f"data-parallel replicas diverged: per-rank weight checksums {checksums}")
+    return checksums
 
 
 def train_steps_plan(args, train_loader, num_processes: int) -> tuple[int, int, int]:
@@ -311,10 +323,13 @@ def main() -> None:
             break
 
     accelerator.wait_for_everyone()
+    rank_checksums = check_replicas_agree(accelerator, transformer)
     final_state = accelerator.get_state_dict(transformer)
     if accelerator.is_main_process:
         accelerator.unwrap_model(transformer).save_pretrained(Path(args.output_dir) / "transformer", state_dict=final_state)
         write_model_card(args, Path(args.output_dir), global_step, last_metrics)
+        summary = {"steps": global_step, "final_validation": last_metrics, "rank_weight_checksums": rank_checksums}
+        atomic_write_text(Path(args.output_dir) / "train_summary.json", json.dumps(summary, indent=2) + "\n")
         logger.info(f"saved {Path(args.output_dir) / 'transformer'}; final validation: {last_metrics}")
     accelerator.end_training()
 

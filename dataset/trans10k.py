@@ -167,6 +167,7 @@ def _scan_folder(folder: Path, split: str, subset: str, scan: SplitScan) -> None
 
 def scan_split(root: str | Path, split: str, subsets: Sequence[str] = SUBSETS) -> SplitScan:
     """Pair images with masks in one split and collect layout/pairing problems instead of raising."""
+    folders = split_folders(root, split, subsets)  # validates split and subsets first
     scan = SplitScan()
     if not Path(root).is_dir():
         scan.layout_problems.append(f"dataset folder {root} does not exist")
@@ -174,7 +175,7 @@ def scan_split(root: str | Path, split: str, subsets: Sequence[str] = SUBSETS) -
     if not (Path(root) / split).is_dir():
         scan.layout_problems.append(f"missing split folder {Path(root) / split}")
         return scan
-    for subset, folder in split_folders(root, split, subsets):
+    for subset, folder in folders:
         _scan_folder(folder, split, subset, scan)
     return scan
 

@@ -1,6 +1,10 @@
 import os
+import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+import yaml
 
 # Tests never touch the network: without HF_HUB_OFFLINE every hub miss retries for ~20 s.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -9,3 +13,74 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
+
+# Small on purpose: 24 train images (6 batches of 4), an odd number of test images (4 easy + 3 hard).
+TINY_COUNTS = {
+    ("train", None): 24,
+    ("validation", "easy"): 3,
+    ("validation", "hard"): 2,
+    ("test", "easy"): 4,
+    ("test", "hard"): 3,
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_assets(tmp_path_factory) -> dict[str, Path]:
+    """A tiny SD3.5-layout model folder and synthetic Trans10k tree, built once per test session."""
+    from utils.demo_assets import build_demo_assets
+
+    root = tmp_path_factory.mktemp("assets")
+    folders = build_demo_assets(root, seed=0, counts=TINY_COUNTS, vae_fit_steps=2, vae_fit_batch_size=4)
+    return {**folders, "cache": root / "cache"}
+
+
+@pytest.fixture
+def tiny_config(tiny_assets, tmp_path):
+    """Write an overlay for the tiny assets (the real demo config, shrunk further) and return its path."""
+
+    def write(**overrides) -> Path:
+        config = {
+            "pretrained_model_name_or_path": str(tiny_assets["model"]),
+            "dataset_path": str(tiny_assets["data"]),
+            "prompt_embeds_cache_dir": str(tiny_assets["cache"]),
+            "output_dir": str(tmp_path / "run"),
+            "train_batch_size": 4,
+            "gradient_accumulation_steps": 1,
+            "max_train_steps": 2,
+            "lr_scheduler": "constant",
+            "lr_warmup_steps": 0,
+            "validation_steps": 0,
+            "dataloader_num_workers": 0,
+            "report_to": "none",
+            "num_worst_panels": 2,
+            "num_sample_panels": 1,
+            **overrides,
+        }
+        path = tmp_path / f"overlay-{len(list(tmp_path.glob('overlay-*.yaml')))}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        return path
+
+    return write
+
+
+def run_script(script: str, *args: str, processes: int = 1, cwd: Path = REPO_ROOT, check: bool = True):
+    """Run an entry script through `accelerate launch` exactly as a user would, on 1 or 2 CPU processes."""
+    accelerate_config = "cpu_1proc.yaml" if processes == 1 else "cpu_2proc.yaml"
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--config_file", str(REPO_ROOT / "configs" / "accelerate" / accelerate_config),
+        "--num_cpu_threads_per_process", "1",
+    ]
+    if processes > 1:
+        command += ["--main_process_port", str(29500 + os.getpid() % 1000)]
+    command += [str(REPO_ROOT / script), *args]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{script} {' '.join(args)} exited {result.returncode}\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture
+def run():
+    return run_script

@@ -85,7 +85,7 @@ def test_missing_split_shows_the_expected_layout(tree: Path) -> None:
     with pytest.raises(DatasetError) as error:
         find_samples(tree, "validation")
     message = str(error.value)
-    assert f"missing folder {tree / 'validation'}" in message
+    assert f"missing split folder {tree / 'validation'}" in message
     assert "Expected Trans10k layout" in message and "validation/easy/images/" in message
 
 
@@ -95,6 +95,16 @@ def test_empty_split_folder_is_an_error(tree: Path) -> None:
     with pytest.raises(DatasetError, match="empty folder") as error:
         find_samples(tree, "train")
     assert str(tree / "train" / "images") in str(error.value)
+
+
+def test_missing_subset_folder_is_named(tree: Path) -> None:
+    images_dir = tree / "validation" / "hard" / "images"
+    for path in images_dir.iterdir():
+        path.unlink()
+    images_dir.rmdir()
+    with pytest.raises(DatasetError, match=f"missing folder {images_dir}"):
+        find_samples(tree, "validation")
+    assert len(find_samples(tree, "validation", subsets=("easy",))) == 2
 
 
 def test_unknown_split_is_a_value_error(tree: Path) -> None:

@@ -1,0 +1,113 @@
+import torch
+
+from dataset.trans10k import Trans10kTrain, find_samples
+from models.conditioning import cache_path, load_empty_prompt_embeds
+from models.loading import load_base_transformer, load_frozen_vae, resolve_transformer_dir
+from models.losses import latent_mse
+from models.segmenter import MaskPredictor, decode_raw_mask, encode_latents
+
+CPU = torch.device("cpu")
+
+
+def build_predictor(tiny_assets) -> MaskPredictor:
+    model = str(tiny_assets["model"])
+    prompt_embeds, pooled = load_empty_prompt_embeds(model, None, None, tiny_assets["cache"], CPU)
+    vae = load_frozen_vae(model, None, None, torch.float32)
+    transformer = load_base_transformer(model, None, None).train()
+    return MaskPredictor(vae, transformer, prompt_embeds, pooled, timestep=1000.0)
+
+
+def train_batch(tiny_assets, size: int = 4) -> dict:
+    dataset = Trans10kTrain(find_samples(tiny_assets["data"], "train"), 64, False, 0.0, 1.0, seed=0)
+    items = [dataset[i] for i in range(size)]
+    return {key: torch.stack([item[key] for item in items]) for key in ("pixel_values", "mask_values")}
+
+
+def test_conditioning_is_cached_and_matches_the_text_encoders(tiny_assets):
+    model = str(tiny_assets["model"])
+    prompt_embeds, pooled = load_empty_prompt_embeds(model, None, None, tiny_assets["cache"], CPU)
+    assert cache_path(tiny_assets["cache"], model, None, None).is_file()
+    transformer = load_base_transformer(model, None, None)
+    assert prompt_embeds.shape[-1] == transformer.config.joint_attention_dim
+    assert pooled.shape == (1, transformer.config.pooled_projection_dim)
+    # Read back from the cache: identical to a fresh computation by the text encoders.
+    again, again_pooled = load_empty_prompt_embeds(model, None, None, tiny_assets["cache"], CPU)
+    assert torch.equal(again, prompt_embeds) and torch.equal(again_pooled, pooled)
+    assert cache_path(tiny_assets["cache"], model, "other-revision", None) != cache_path(tiny_assets["cache"], model, None, None)
+
+
+def test_latents_use_shift_and_scale_and_are_deterministic(tiny_assets):
+    vae = load_frozen_vae(str(tiny_assets["model"]), None, None, torch.float32)
+    pixels = train_batch(tiny_assets, 2)["pixel_values"]
+    latents = encode_latents(vae, pixels)
+    mode = vae.encode(pixels).latent_dist.mode()
+    expected = (mode - vae.config.shift_factor) * vae.config.scaling_factor
+    torch.testing.assert_close(latents, expected)
+    assert torch.equal(encode_latents(vae, pixels), latents)  # the mode, never a sample
+    raw = decode_raw_mask(vae, latents)
+    assert raw.shape == (2, 64, 64) and raw.min() >= 0 and raw.max() <= 1
+
+
+def test_one_step_updates_every_transformer_parameter_and_never_the_vae(tiny_assets):
+    predictor = build_predictor(tiny_assets)
+    batch = train_batch(tiny_assets)
+    vae_before = {k: v.clone() for k, v in predictor.vae.state_dict().items()}
+    weights_before = {k: v.clone() for k, v in predictor.transformer.named_parameters()}
+    optimizer = torch.optim.AdamW(predictor.transformer.parameters(), lr=1e-3, weight_decay=0.0)
+    # The last MMDiT block is `context_pre_only`: its text-token outputs are discarded, so the text-query
+    # projection there cannot influence the loss. Those are the only parameters allowed a zero gradient.
+    dead = {
+        f"transformer_blocks.{i}.attn.{name}"
+        for i, block in enumerate(predictor.transformer.transformer_blocks)
+        if block.context_pre_only
+        for name in ("add_q_proj.weight", "add_q_proj.bias", "norm_added_q.weight")
+    }
+
+    loss = latent_mse(
+        predictor.predict_latents(encode_latents(predictor.vae, batch["pixel_values"])),
+        encode_latents(predictor.vae, batch["mask_values"]),
+    )
+    loss.backward()
+    for name, param in predictor.transformer.named_parameters():
+        assert param.requires_grad, name
+        assert param.grad is not None, f"{name} got no gradient"
+        assert torch.isfinite(param.grad).all(), name
+        assert (param.grad.abs().sum() > 0) == (name not in dead), f"{name}: unexpected gradient {param.grad.abs().sum()}"
+    assert all(p.grad is None for p in predictor.vae.parameters())
+    optimizer.step()
+    for name, param in predictor.transformer.named_parameters():
+        assert torch.equal(param, weights_before[name]) == (name in dead), f"{name} changed: {name not in dead}"
+    for name, value in predictor.vae.state_dict().items():
+        assert torch.equal(value, vae_before[name]), f"VAE {name} changed"
+
+
+def test_overfitting_one_batch_drops_the_loss_tenfold(tiny_assets):
+    torch.manual_seed(0)
+    predictor = build_predictor(tiny_assets)
+    batch = train_batch(tiny_assets)
+    image_latents = encode_latents(predictor.vae, batch["pixel_values"])
+    mask_latents = encode_latents(predictor.vae, batch["mask_values"])
+    optimizer = torch.optim.AdamW(predictor.transformer.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(150):
+        loss = latent_mse(predictor.predict_latents(image_latents), mask_latents)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] / 10, (losses[0], losses[-1])
+
+
+def test_transformer_dir_accepts_output_dir_checkpoint_and_folder(tmp_path, tiny_assets):
+    transformer = load_base_transformer(str(tiny_assets["model"]), None, None)
+    transformer.save_pretrained(tmp_path / "run" / "checkpoint-4" / "transformer")
+    transformer.save_pretrained(tmp_path / "run" / "transformer")
+    assert resolve_transformer_dir(tmp_path / "run") == tmp_path / "run" / "transformer"
+    assert resolve_transformer_dir(tmp_path / "run" / "checkpoint-4") == tmp_path / "run" / "checkpoint-4" / "transformer"
+    assert resolve_transformer_dir(tmp_path / "run" / "transformer") == tmp_path / "run" / "transformer"
+    try:
+        resolve_transformer_dir(tmp_path / "nothing")
+    except FileNotFoundError as err:
+        assert "nothing" in str(err)
+    else:
+        raise AssertionError("a folder without a transformer must fail")
