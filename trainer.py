@@ -29,7 +29,7 @@ from dataset.trans10k import Trans10kEval, Trans10kTrain, TrainSampler, eval_col
 from models.conditioning import load_empty_prompt_embeds
 from models.loading import load_base_transformer, load_frozen_vae
 from models.losses import LOSSES
-from models.segmenter import MaskPredictor, decode_raw_mask, encode_latents
+from models.segmenter import MaskPredictor, check_resolution, decode_raw_mask, encode_latents
 from utils.checkpointing import prune_checkpoints, resolve_resume_path, save_checkpoint
 from utils.config import load_config
 from utils.deepspeed_check import check_deepspeed_config
@@ -221,6 +221,7 @@ def main() -> None:
         )
     vae.to(accelerator.device)
     transformer = load_base_transformer(args.pretrained_model_name_or_path, args.revision, args.variant)
+    check_resolution(args.resolution, vae, transformer.config)
     transformer.requires_grad_(True).train()
     if args.gradient_checkpointing:
         transformer.enable_gradient_checkpointing()

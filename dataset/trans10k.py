@@ -31,11 +31,11 @@ from PIL import Image
 
 from dataset.transforms import (
     IMAGE_RESAMPLE,
-    MASK_MODES,
     MASK_RESAMPLE,
     Size,
     augment_pair,
     binary_to_tensor,
+    check_mask_mode,
     draft_jpeg,
     grey_to_classes,
     image_to_tensor,
@@ -72,6 +72,8 @@ class DatasetError(ValueError):
 
 @dataclass(frozen=True)
 class Sample:
+    """One image/mask pair on disk."""
+
     image_path: Path
     mask_path: Path
     stem: str
@@ -243,8 +245,8 @@ def _probe(path: Path, what: str, deep: bool, problems: list[str]) -> Size | Non
     """Upright size from the header (fully decoding if deep); appends a problem and returns None if unreadable."""
     try:
         with _reading(path, what), Image.open(path) as image:
-            if what == "mask" and image.mode not in MASK_MODES:
-                raise ValueError(f"unsupported mask mode {image.mode!r}; expected one of {', '.join(MASK_MODES)}")
+            if what == "mask":
+                check_mask_mode(image.mode)
             if deep:
                 image.load()
             return upright_size(image)

@@ -26,6 +26,18 @@ def decode_raw_mask(vae: AutoencoderKL, mask_latents: torch.Tensor) -> torch.Ten
     return (decoded.float() / 2 + 0.5).clamp(0, 1).mean(dim=1)
 
 
+def check_resolution(resolution: int, vae: AutoencoderKL, transformer_config) -> None:
+    """Fail at start-up, with the numbers, when the transformer cannot take images of this size."""
+    pixels_per_patch = 2 ** (len(vae.config.block_out_channels) - 1) * transformer_config.patch_size
+    patches = resolution // pixels_per_patch
+    if resolution % pixels_per_patch or patches > transformer_config.pos_embed_max_size:
+        raise ValueError(
+            f"resolution {resolution} px: must be a multiple of {pixels_per_patch} (VAE factor x patch size) and at "
+            f"most {transformer_config.pos_embed_max_size * pixels_per_patch} px (pos_embed_max_size "
+            f"{transformer_config.pos_embed_max_size} patches); change --resolution"
+        )
+
+
 @dataclass
 class MaskPredictor:
     """Frozen VAE + transformer + the constant empty-prompt conditioning and fixed timestep."""
@@ -65,4 +77,5 @@ def load_predictor(args, transformer_path: str, device: torch.device, dtype: tor
     prompt_embeds, pooled = load_empty_prompt_embeds(model, revision, variant, args.prompt_embeds_cache_dir, device)
     vae = load_frozen_vae(model, revision, variant, dtype).to(device)
     transformer = load_trained_transformer(transformer_path, dtype).to(device)
+    check_resolution(args.resolution, vae, transformer.config)
     return MaskPredictor(vae, transformer, prompt_embeds.to(device, dtype), pooled.to(device, dtype), args.timestep)

@@ -44,6 +44,7 @@ def tiny_config(tiny_assets, tmp_path):
             "dataset_path": str(tiny_assets["data"]),
             "prompt_embeds_cache_dir": str(tiny_assets["cache"]),
             "output_dir": str(tmp_path / "run"),
+            "resolution": 64,
             "train_batch_size": 4,
             "gradient_accumulation_steps": 1,
             "max_train_steps": 2,
@@ -81,6 +82,7 @@ def run_script(script: str, *args: str, processes: int = 1, cwd: Path = REPO_ROO
     return result
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def run():
+    """The launcher as a fixture, so module-scoped fixtures can train once and share the result."""
     return run_script

@@ -130,6 +130,20 @@ def test_corrupt_file_is_named(tree: Path) -> None:
     assert f"cannot read image {corrupt}" in problems[0]
 
 
+def test_sixteen_bit_mask_is_reported_as_unsupported(tree: Path) -> None:
+    mask_path = tree / "train" / "masks" / "tr1_mask.png"
+    Image.new("I;16", (40, 30)).save(mask_path)
+    (problem,) = find_problems(find_samples(tree, "train"))
+    assert f"cannot read mask {mask_path}" in problem and "unsupported mask mode" in problem
+
+
+def test_two_images_with_one_stem_are_a_problem(tree: Path, write_image) -> None:
+    duplicate = write_image(tree / "train" / "images" / "tr0.png")
+    with pytest.raises(DatasetError, match="two images for stem 'tr0'") as error:
+        find_samples(tree, "train")
+    assert str(duplicate) in str(error.value)
+
+
 def test_size_mismatch_of_swapped_sides_hints_at_a_rotated_pair(tree: Path, write_mask) -> None:
     write_mask(tree / "train" / "masks" / "tr0_mask.png", size=(30, 40))
     write_mask(tree / "train" / "masks" / "tr1_mask.png", size=(20, 30))
