@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import math
 import resource
 import time
@@ -198,6 +199,7 @@ def train_steps_plan(args, train_loader, num_processes: int) -> tuple[int, int, 
 def main() -> None:
     args = load_config()
     accelerator = build_accelerator(args)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     set_seed(args.seed)
     if accelerator.is_main_process:
         Path(args.output_dir).mkdir(parents=True, exist_ok=True)

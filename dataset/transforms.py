@@ -28,7 +28,8 @@ BACKGROUND = 0
 THINGS = 1
 STUFF = 2
 CLASS_NAMES = ("background", "things", "stuff")
-# Grey levels of the official masks. The authors' loaders map 85 -> 1 (things) and 255 -> 2 (stuff).
+# Grey levels of the official masks. The dataset authors' loader maps 85 -> 1 and 255 -> 2 with class names
+# ('background', 'things', 'stuff'): xieenze/Segment_Transparent_Objects, segmentron/data/dataloader/trans10k.py.
 THINGS_LEVEL = 85
 STUFF_LEVEL = 255
 # Any other non-zero grey level (anti-aliasing, re-saved masks) goes to the nearer official level: 1..169 -> things,

@@ -1,0 +1,115 @@
+"""Train from VAE latents computed once: the frozen encoder then never runs during training.
+
+The cache holds, per training image, the image and mask latents at `resolution` (and their horizontally flipped
+versions when random_flip is on; the flip is applied to the pixels before encoding, exactly as the uncached path
+does). It lives under `<cache_dir>/latents/<key>/`, where the key covers the VAE (id, revision, variant, config),
+the resolution, the flip setting and a manifest of the dataset files (path, size, mtime), so any change rebuilds it.
+Ranks encode disjoint shards in parallel; `complete.json` is written last, so a killed build is never reused.
+Random crops and colour jitter draw new pixels every epoch and cannot be cached: config validation refuses them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from dataset.trans10k import Sample, Trans10kTrain, read_image_size
+from dataset.transforms import sample_train_augmentation
+from utils.run_snapshot import atomic_write_text
+
+COMPLETE = "complete.json"
+
+
+def cache_key(vae_fingerprint: dict, resolution: int, random_flip: bool, samples: Sequence[Sample]) -> str:
+    manifest = [(str(s.image_path), s.image_path.stat().st_size, s.image_path.stat().st_mtime_ns,
+                 str(s.mask_path), s.mask_path.stat().st_size, s.mask_path.stat().st_mtime_ns) for s in samples]
+    payload = {"vae": vae_fingerprint, "resolution": resolution, "random_flip": random_flip, "files": manifest}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def vae_fingerprint(model: str, revision: str | None, variant: str | None, vae, dtype: torch.dtype) -> dict:
+    return {"model": model, "revision": revision, "variant": variant, "dtype": str(dtype),
+            "config": {k: v for k, v in vae.config.items() if not k.startswith("_")}}
+
+
+def _variants(random_flip: bool) -> tuple[str, ...]:
+    return ("", "_flip") if random_flip else ("",)
+
+
+@torch.no_grad()
+def build_latent_cache(
+    cache_dir: Path, samples: Sequence[Sample], resolution: int, random_flip: bool, vae, encode, accelerator,
+    batch_size: int,
+) -> Path:
+    """Encode every sample once (sharded over ranks) unless a complete cache with the same key exists."""
+    if (cache_dir / COMPLETE).is_file():
+        return cache_dir
+    plain = Trans10kTrain(samples, resolution, random_flip=False, color_jitter=0.0, random_crop_scale=1.0, seed=0)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    mine = list(range(rank, len(samples), world))
+    tensors: dict[str, torch.Tensor] = {}
+    for start in tqdm(range(0, len(mine), batch_size), desc="caching latents", disable=not accelerator.is_main_process):
+        indices = mine[start : start + batch_size]
+        items = [plain[i] for i in indices]
+        for suffix in _variants(random_flip):
+            for kind in ("image", "mask"):
+                pixels = torch.stack([item[f"{'pixel' if kind == 'image' else 'mask'}_values"] for item in items])
+                if suffix:
+                    pixels = pixels.flip(-1)  # flip the pixels, as the uncached path does, then encode
+                latents = encode(vae, pixels.to(accelerator.device)).cpu()
+                tensors.update({f"{i}/{kind}{suffix}": latent.contiguous() for i, latent in zip(indices, latents)})
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = cache_dir / f".shard-{rank}.tmp"
+    save_file(tensors, str(tmp))
+    tmp.replace(cache_dir / f"shard-{rank}.safetensors")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        sizes = {i: list(read_image_size(s.image_path)) for i, s in enumerate(samples)}
+        index = {"num_samples": len(samples), "num_shards": world, "random_flip": random_flip, "image_sizes": sizes}
+        atomic_write_text(cache_dir / COMPLETE, json.dumps(index) + "\n")
+    accelerator.wait_for_everyone()
+    return cache_dir
+
+
+class CachedLatentsTrain(Trans10kTrain):
+    """Same keys, sampler and flip decisions as Trans10kTrain, but returns stored latents instead of pixels."""
+
+    def __init__(self, samples: Sequence[Sample], cache_dir: Path, resolution: int, random_flip: bool, seed: int):
+        super().__init__(samples, resolution, random_flip, color_jitter=0.0, random_crop_scale=1.0, seed=seed)
+        index = json.loads((cache_dir / COMPLETE).read_text())
+        if index["num_samples"] != len(samples):
+            raise ValueError(f"latent cache {cache_dir} holds {index['num_samples']} samples, dataset {len(samples)}")
+        self.cache_dir = cache_dir
+        self.num_shards = index["num_shards"]
+        self.image_sizes = {int(i): tuple(size) for i, size in index["image_sizes"].items()}
+        self._shards: dict[int, Any] = {}  # opened lazily in each worker: memory-mapped, nothing loaded up front
+
+    def _shard(self, index: int):
+        shard = index % self.num_shards
+        if shard not in self._shards:
+            self._shards[shard] = safe_open(str(self.cache_dir / f"shard-{shard}.safetensors"), framework="pt")
+        return self._shards[shard]
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        index, aug_seed = self._index_and_seed(key)
+        generator = torch.Generator().manual_seed(aug_seed)
+        # Draw the flip exactly as Trans10kTrain does for this key, so cached and uncached runs see the same data.
+        augmentation = sample_train_augmentation(self.image_sizes[index], generator, self.random_flip, 0.0, 1.0)
+        suffix = "_flip" if augmentation.flip else ""
+        shard = self._shard(index)
+        return {
+            "image_latents": shard.get_tensor(f"{index}/image{suffix}"),
+            "mask_latents": shard.get_tensor(f"{index}/mask{suffix}"),
+            "stem": self.samples[index].stem,
+        }
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_shards": {}}  # file handles do not cross into worker processes
