@@ -26,8 +26,10 @@ from diffusers import SD3Transformer2DModel
 from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
+from dataset.latent_cache import CachedLatentsTrain, build_latent_cache, vae_fingerprint
+from dataset.latent_cache import cache_key as latent_cache_key
 from dataset.trans10k import Trans10kEval, Trans10kTrain, TrainSampler, eval_collate, validate_split
-from models.conditioning import load_empty_prompt_embeds
+from models.conditioning import DEFAULT_CACHE_DIR, load_empty_prompt_embeds
 from models.loading import load_base_transformer, load_frozen_vae
 from models.losses import LOSSES
 from models.segmenter import MaskPredictor, check_resolution, decode_raw_mask, encode_latents
@@ -66,32 +68,46 @@ def zero3_init_disabled(accelerator: Accelerator):
     return plugin.zero3_init_context_manager(enable=False) if plugin is not None else contextlib.nullcontext()
 
 
-def build_dataloaders(args: argparse.Namespace, accelerator: Accelerator):
-    """Validate the data layout first, so a broken pair fails in seconds rather than hours into an epoch."""
-    train_samples = validate_split(args.dataset_path, "train")
-    train_dataset = Trans10kTrain(
-        train_samples, args.resolution, args.random_flip, args.color_jitter, args.random_crop_scale, args.seed
-    )
-    train_sampler = TrainSampler(len(train_dataset), seed=args.seed)
+def build_train_dataset(args: argparse.Namespace, samples: list, vae, accelerator: Accelerator):
+    """Pixels with on-the-fly augmentation, or (cache_latents) stored VAE latents built once and reused."""
+    if not args.cache_latents:
+        return Trans10kTrain(samples, args.resolution, args.random_flip, args.color_jitter, args.random_crop_scale,
+                             args.seed)
+    fingerprint = vae_fingerprint(args.pretrained_model_name_or_path, args.revision, args.variant, vae, vae.dtype)
+    key = latent_cache_key(fingerprint, args.resolution, args.random_flip, samples)
+    cache_dir = Path(args.cache_dir or DEFAULT_CACHE_DIR) / "latents" / key
+    build_latent_cache(cache_dir, samples, args.resolution, args.random_flip, vae, encode_latents, accelerator,
+                       args.eval_batch_size)
+    logger.info(f"training from cached latents in {cache_dir}")
+    return CachedLatentsTrain(samples, cache_dir, args.resolution, args.random_flip, args.seed)
+
+
+def build_dataloaders(args: argparse.Namespace, train_dataset, val_samples: list | None):
     loader_kwargs = {
         "num_workers": args.dataloader_num_workers,
         "pin_memory": args.pin_memory and torch.cuda.is_available(),
         "persistent_workers": args.persistent_workers and args.dataloader_num_workers > 0,
     }
+    train_sampler = TrainSampler(len(train_dataset), seed=args.seed)
     train_loader = torch.utils.data.DataLoader(
         train_dataset, batch_size=args.train_batch_size, sampler=train_sampler, drop_last=True, **loader_kwargs
     )
     val_loader = None
-    if args.validation_steps > 0 and args.num_validation_images > 0:
-        val_samples = validate_split(args.dataset_path, "validation", args.subsets)
+    if val_samples:
         # Spread the few validation images over all subsets instead of taking the first N of "easy".
         picked = np.linspace(0, len(val_samples) - 1, min(args.num_validation_images, len(val_samples))).round()
         val_dataset = Trans10kEval([val_samples[int(i)] for i in picked], args.resolution)
         val_loader = torch.utils.data.DataLoader(
             val_dataset, batch_size=args.eval_batch_size, collate_fn=eval_collate, num_workers=0
         )
-    logger.info(f"train: {len(train_dataset)} images from {args.dataset_path}; sampler seed {args.seed}")
-    return train_loader, train_sampler, val_loader
+    return train_loader, val_loader
+
+
+def batch_latents(vae, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(image latents, mask latents): read from the latent cache, or encoded now by the frozen VAE."""
+    if "image_latents" in batch:
+        return batch["image_latents"], batch["mask_latents"]
+    return encode_latents(vae, batch["pixel_values"]), encode_latents(vae, batch["mask_values"])
 
 
 def register_checkpoint_hooks(accelerator: Accelerator) -> None:
@@ -209,12 +225,17 @@ def main() -> None:
     if torch.cuda.is_available() and args.allow_tf32:
         torch.backends.cuda.matmul.allow_tf32 = True
 
-    train_loader, train_sampler, val_loader = build_dataloaders(args, accelerator)
+    # Validate the data layout before loading any model: a broken pair fails in seconds, not hours into an epoch.
+    train_samples = validate_split(args.dataset_path, "train")
+    val_samples = None
+    if args.validation_steps > 0 and args.num_validation_images > 0:
+        val_samples = validate_split(args.dataset_path, "validation", args.subsets)
+    logger.info(f"train: {len(train_samples)} images from {args.dataset_path}")
 
     # Frozen pieces first, outside any ZeRO-3 partitioning: the VAE and the constant conditioning.
     with accelerator.local_main_process_first(), zero3_init_disabled(accelerator):
         prompt_embeds, pooled_prompt_embeds = load_empty_prompt_embeds(
-            args.pretrained_model_name_or_path, args.revision, args.variant, args.prompt_embeds_cache_dir,
+            args.pretrained_model_name_or_path, args.revision, args.variant, args.cache_dir,
             accelerator.device,
         )
     with zero3_init_disabled(accelerator):
@@ -228,6 +249,9 @@ def main() -> None:
     if args.gradient_checkpointing:
         transformer.enable_gradient_checkpointing()
 
+    train_loader, val_loader = build_dataloaders(
+        args, build_train_dataset(args, train_samples, vae, accelerator), val_samples
+    )
     optimizer = build_optimizer(args, transformer, accelerator.num_processes)
     register_checkpoint_hooks(accelerator)
     transformer, optimizer, train_loader = accelerator.prepare(transformer, optimizer, train_loader)
@@ -275,8 +299,7 @@ def main() -> None:
             active_loader = accelerator.skip_first_batches(train_loader, skip_batches)
         for batch in active_loader:
             with accelerator.accumulate(transformer):
-                image_latents = encode_latents(vae, batch["pixel_values"])
-                mask_latents = encode_latents(vae, batch["mask_values"])
+                image_latents, mask_latents = batch_latents(vae, batch)
                 with accelerator.autocast():
                     predicted = predictor.predict_latents(image_latents.float())
                 loss = loss_fn(predicted, mask_latents)
@@ -294,7 +317,7 @@ def main() -> None:
                 lr_scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
 
-            window_samples += batch["pixel_values"].shape[0] * accelerator.num_processes
+            window_samples += image_latents.shape[0] * accelerator.num_processes
             if not accelerator.sync_gradients:
                 continue
             global_step += 1

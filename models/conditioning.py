@@ -36,7 +36,7 @@ def cache_key(model: str, revision: str | None, variant: str | None) -> str:
 
 
 def cache_path(cache_dir: str | Path | None, model: str, revision: str | None, variant: str | None) -> Path:
-    return Path(cache_dir or DEFAULT_CACHE_DIR) / f"empty_prompt_{cache_key(model, revision, variant)}.safetensors"
+    return Path(cache_dir or DEFAULT_CACHE_DIR) / "prompt_embeds" / f"empty_prompt_{cache_key(model, revision, variant)}.safetensors"
 
 
 @torch.no_grad()

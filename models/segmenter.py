@@ -74,7 +74,7 @@ def load_predictor(args, transformer_path: str, device: torch.device, dtype: tor
     from models.loading import load_frozen_vae, load_trained_transformer
 
     model, revision, variant = args.pretrained_model_name_or_path, args.revision, args.variant
-    prompt_embeds, pooled = load_empty_prompt_embeds(model, revision, variant, args.prompt_embeds_cache_dir, device)
+    prompt_embeds, pooled = load_empty_prompt_embeds(model, revision, variant, args.cache_dir, device)
     vae = load_frozen_vae(model, revision, variant, dtype).to(device)
     transformer = load_trained_transformer(transformer_path, dtype).to(device)
     check_resolution(args.resolution, vae, transformer.config)

@@ -42,7 +42,7 @@ def tiny_config(tiny_assets, tmp_path):
         config = {
             "pretrained_model_name_or_path": str(tiny_assets["model"]),
             "dataset_path": str(tiny_assets["data"]),
-            "prompt_embeds_cache_dir": str(tiny_assets["cache"]),
+            "cache_dir": str(tiny_assets["cache"]),
             "output_dir": str(tmp_path / "run"),
             "resolution": 64,
             "train_batch_size": 4,

@@ -22,7 +22,7 @@ def trained(tiny_assets, tmp_path_factory, run) -> Path:
     overlay.write_text(yaml.safe_dump({
         "pretrained_model_name_or_path": str(tiny_assets["model"]),
         "dataset_path": str(tiny_assets["data"]),
-        "prompt_embeds_cache_dir": str(tiny_assets["cache"]),
+        "cache_dir": str(tiny_assets["cache"]),
         "output_dir": str(root / "run"),
         "resolution": 64, "train_batch_size": 4, "gradient_accumulation_steps": 1, "max_train_steps": 2, "validation_steps": 0,
         "dataloader_num_workers": 0, "report_to": "none", "eval_batch_size": 2,

@@ -256,6 +256,12 @@ def check_combinations(args: argparse.Namespace) -> None:
         problems.append(f"random_crop_scale = {args.random_crop_scale} must be in (0, 1]")
     if args.color_jitter < 0:
         problems.append(f"color_jitter = {args.color_jitter} must be >= 0")
+    if args.cache_latents and (args.color_jitter > 0 or args.random_crop_scale < 1):
+        problems.append(
+            f"cache_latents needs color_jitter 0 and random_crop_scale 1 (got {args.color_jitter}, "
+            f"{args.random_crop_scale}): random colours and crops change the pixels every epoch, so latents cannot "
+            "be computed once"
+        )
     if args.predictions_dir is not None and args.oracle is not None:
         problems.append("predictions_dir and oracle both set: score either existing predictions or the VAE oracle")
     if args.threshold_sweep and args.split == "test":
