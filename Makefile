@@ -23,8 +23,8 @@ demo-assets: install
 
 demo: demo-assets
 	$(LAUNCH) trainer.py --config $(DEMO_CONFIG)
-	$(LAUNCH) val_inference.py --config $(DEMO_CONFIG) --transformer_path outputs/demo
-	@cat outputs/demo/eval-test-64px-thr0.5-native/metrics.md
+	$(LAUNCH) val_inference.py --config $(DEMO_CONFIG) --oracle vae_roundtrip
+	$(LAUNCH) val_inference.py --config $(DEMO_CONFIG)
 
 test: install
 	$(BIN)/python -m pytest -q

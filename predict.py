@@ -50,13 +50,19 @@ class PredictImages(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict:
         image = load_image(self.paths[index])
         side = self.resolution
-        return {"pixel_values": image_to_tensor(image.resize((side, side), IMAGE_RESAMPLE)),
-                "image": np.asarray(image), "stem": self.paths[index].stem}
+        return {
+            "pixel_values": image_to_tensor(image.resize((side, side), IMAGE_RESAMPLE)),
+            "image": np.asarray(image),
+            "stem": self.paths[index].stem,
+        }
 
 
 def collate(batch: list[dict]) -> dict:
-    return {"pixel_values": torch.stack([b["pixel_values"] for b in batch]),
-            "image": [b["image"] for b in batch], "stem": [b["stem"] for b in batch]}
+    return {
+        "pixel_values": torch.stack([b["pixel_values"] for b in batch]),
+        "image": [b["image"] for b in batch],
+        "stem": [b["stem"] for b in batch],
+    }
 
 
 def overlay(image: np.ndarray, binary: np.ndarray) -> Image.Image:
@@ -76,14 +82,16 @@ def main() -> None:
     dtype = dtype if device.type == "cuda" else torch.float32
     predictor = load_predictor(args, args.transformer_path or args.output_dir, device, dtype)
     loader = torch.utils.data.DataLoader(
-        PredictImages(list_images(Path(args.input)), args.resolution), batch_size=args.eval_batch_size,
-        collate_fn=collate, num_workers=args.dataloader_num_workers,
+        PredictImages(list_images(Path(args.input)), args.resolution),
+        batch_size=args.eval_batch_size,
+        collate_fn=collate,
+        num_workers=args.dataloader_num_workers,
     )
     out_dir = Path(args.output)
     with BackgroundImageWriter() as writer, torch.inference_mode():
         for batch in tqdm(loader, desc="predict"):
             raws = predictor.predict_raw(batch["pixel_values"].to(device))
-            for raw, image, stem in zip(raws, batch["image"], batch["stem"]):
+            for raw, image, stem in zip(raws, batch["image"], batch["stem"], strict=True):
                 native = resize_raw(raw, image.shape[:2])
                 binary = (native >= args.threshold).cpu().numpy()
                 writer.submit(out_dir / f"{stem}_raw.png", raw_to_png_array(native))

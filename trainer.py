@@ -26,9 +26,8 @@ from diffusers import SD3Transformer2DModel
 from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
-from dataset.latent_cache import CachedLatentsTrain, build_latent_cache, vae_fingerprint
-from dataset.latent_cache import cache_key as latent_cache_key
-from dataset.trans10k import Trans10kEval, Trans10kTrain, TrainSampler, eval_collate, validate_split
+from dataset.latent_cache import CachedLatentsTrain, build_latent_cache, latent_cache_dir
+from dataset.trans10k import TrainSampler, Trans10kEval, Trans10kTrain, eval_collate, validate_split
 from models.conditioning import DEFAULT_CACHE_DIR, load_empty_prompt_embeds
 from models.loading import load_base_transformer, load_frozen_vae
 from models.losses import LOSSES
@@ -47,12 +46,15 @@ logger = get_logger(__name__)
 
 def build_accelerator(args: argparse.Namespace) -> Accelerator:
     report_to = {"none": None, "all": "all"}.get(args.report_to, args.report_to)
-    project = ProjectConfiguration(project_dir=args.output_dir, logging_dir=str(Path(args.output_dir) / args.logging_dir))
+    project = ProjectConfiguration(
+        project_dir=args.output_dir, logging_dir=str(Path(args.output_dir) / args.logging_dir)
+    )
     return Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
         log_with=report_to,
         project_config=project,
+        dynamo_backend="inductor" if args.torch_compile else "no",
         cpu=not torch.cuda.is_available(),  # lets `--multi_gpu --num_processes 2` run gloo ranks on a CPU machine
     )
 
@@ -71,13 +73,22 @@ def zero3_init_disabled(accelerator: Accelerator):
 def build_train_dataset(args: argparse.Namespace, samples: list, vae, accelerator: Accelerator):
     """Pixels with on-the-fly augmentation, or (cache_latents) stored VAE latents built once and reused."""
     if not args.cache_latents:
-        return Trans10kTrain(samples, args.resolution, args.random_flip, args.color_jitter, args.random_crop_scale,
-                             args.seed)
-    fingerprint = vae_fingerprint(args.pretrained_model_name_or_path, args.revision, args.variant, vae, vae.dtype)
-    key = latent_cache_key(fingerprint, args.resolution, args.random_flip, samples)
-    cache_dir = Path(args.cache_dir or DEFAULT_CACHE_DIR) / "latents" / key
-    build_latent_cache(cache_dir, samples, args.resolution, args.random_flip, vae, encode_latents, accelerator,
-                       args.eval_batch_size)
+        return Trans10kTrain(
+            samples, args.resolution, args.random_flip, args.color_jitter, args.random_crop_scale, args.seed
+        )
+    cache_dir = latent_cache_dir(
+        args.cache_dir or DEFAULT_CACHE_DIR,
+        args.pretrained_model_name_or_path,
+        args.revision,
+        args.variant,
+        vae,
+        args.resolution,
+        args.random_flip,
+        samples,
+    )
+    build_latent_cache(
+        cache_dir, samples, args.resolution, args.random_flip, vae, encode_latents, accelerator, args.eval_batch_size
+    )
     logger.info(f"training from cached latents in {cache_dir}")
     return CachedLatentsTrain(samples, cache_dir, args.resolution, args.random_flip, args.seed)
 
@@ -117,7 +128,9 @@ def register_checkpoint_hooks(accelerator: Accelerator) -> None:
         for model in models:
             state_dict = accelerator.get_state_dict(model)  # gathers ZeRO-3 shards; a collective on every rank
             if accelerator.is_main_process:
-                accelerator.unwrap_model(model).save_pretrained(Path(output_dir) / "transformer", state_dict=state_dict)
+                accelerator.unwrap_model(model).save_pretrained(
+                    Path(output_dir) / "transformer", state_dict=state_dict
+                )
             if weights:
                 weights.pop()  # already saved: keep Accelerate from writing a second copy
 
@@ -138,6 +151,16 @@ def build_optimizer(args: argparse.Namespace, transformer: torch.nn.Module, num_
     if args.scale_lr:
         learning_rate *= args.train_batch_size * args.gradient_accumulation_steps * num_processes
     params = [p for p in transformer.parameters() if p.requires_grad]
+    if args.use_8bit_adam:
+        import bitsandbytes  # checked in check_combinations: CUDA and the package are present
+
+        return bitsandbytes.optim.AdamW8bit(
+            params,
+            lr=learning_rate,
+            betas=(args.adam_beta1, args.adam_beta2),
+            weight_decay=args.adam_weight_decay,
+            eps=args.adam_epsilon,
+        )
     return torch.optim.AdamW(
         params,
         lr=learning_rate,
@@ -235,7 +258,10 @@ def main() -> None:
     # Frozen pieces first, outside any ZeRO-3 partitioning: the VAE and the constant conditioning.
     with accelerator.local_main_process_first(), zero3_init_disabled(accelerator):
         prompt_embeds, pooled_prompt_embeds = load_empty_prompt_embeds(
-            args.pretrained_model_name_or_path, args.revision, args.variant, args.cache_dir,
+            args.pretrained_model_name_or_path,
+            args.revision,
+            args.variant,
+            args.cache_dir,
             accelerator.device,
         )
     with zero3_init_disabled(accelerator):
@@ -267,8 +293,13 @@ def main() -> None:
         power=args.lr_power,
     )
     lr_scheduler = accelerator.prepare(lr_scheduler)
-    predictor = MaskPredictor(vae, transformer, prompt_embeds.to(accelerator.device),
-                              pooled_prompt_embeds.to(accelerator.device), args.timestep)
+    predictor = MaskPredictor(
+        vae,
+        transformer,
+        prompt_embeds.to(accelerator.device),
+        pooled_prompt_embeds.to(accelerator.device),
+        args.timestep,
+    )
     loss_fn = LOSSES[args.loss]
 
     if accelerator.is_main_process:
@@ -288,8 +319,9 @@ def main() -> None:
 
     total_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     logger.info(f"steps: {max_train_steps} ({num_epochs} epochs x {steps_per_epoch}); global batch {total_batch}")
-    progress = tqdm(range(max_train_steps), initial=global_step, desc="steps",
-                    disable=not accelerator.is_local_main_process)
+    progress = tqdm(
+        range(max_train_steps), initial=global_step, desc="steps", disable=not accelerator.is_local_main_process
+    )
     last_metrics, window_start, window_samples = {}, time.perf_counter(), 0
 
     for epoch in range(first_epoch, num_epochs):
@@ -323,8 +355,12 @@ def main() -> None:
             global_step += 1
             progress.update(1)
             elapsed = time.perf_counter() - window_start
-            logs = {"train/loss": mean_loss, "train/lr": lr_scheduler.get_last_lr()[0],
-                    "train/samples_per_s": window_samples / elapsed, "train/peak_memory_gb": peak_memory_gb(accelerator.device)}
+            logs = {
+                "train/loss": mean_loss,
+                "train/lr": lr_scheduler.get_last_lr()[0],
+                "train/samples_per_s": window_samples / elapsed,
+                "train/peak_memory_gb": peak_memory_gb(accelerator.device),
+            }
             if grad_norm is not None:
                 logs["train/grad_norm"] = float(grad_norm)
             accelerator.log(logs, step=global_step)
@@ -333,9 +369,14 @@ def main() -> None:
             if global_step % args.checkpointing_steps == 0 or global_step == max_train_steps:
                 if accelerator.is_main_process:
                     prune_checkpoints(args.output_dir, args.checkpoints_total_limit)
-                path = save_checkpoint(accelerator.save_state, args.output_dir, global_step,
-                                       {"epoch": epoch, "loss": mean_loss}, accelerator.is_main_process,
-                                       accelerator.wait_for_everyone)
+                path = save_checkpoint(
+                    accelerator.save_state,
+                    args.output_dir,
+                    global_step,
+                    {"epoch": epoch, "loss": mean_loss},
+                    accelerator.is_main_process,
+                    accelerator.wait_for_everyone,
+                )
                 logger.info(f"saved {path}")
             if val_loader is not None and (global_step % args.validation_steps == 0 or global_step == max_train_steps):
                 transformer.eval()
@@ -352,7 +393,9 @@ def main() -> None:
     rank_checksums = check_replicas_agree(accelerator, transformer)
     final_state = accelerator.get_state_dict(transformer)
     if accelerator.is_main_process:
-        accelerator.unwrap_model(transformer).save_pretrained(Path(args.output_dir) / "transformer", state_dict=final_state)
+        accelerator.unwrap_model(transformer).save_pretrained(
+            Path(args.output_dir) / "transformer", state_dict=final_state
+        )
         write_model_card(args, Path(args.output_dir), global_step, last_metrics)
         summary = {"steps": global_step, "final_validation": last_metrics, "rank_weight_checksums": rank_checksums}
         atomic_write_text(Path(args.output_dir) / "train_summary.json", json.dumps(summary, indent=2) + "\n")

@@ -9,6 +9,7 @@ same metrics.json. Writes metrics.json, metrics.md, per_image.csv, raw/<subset>/
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -35,7 +36,19 @@ def eval_output_dir(args: argparse.Namespace) -> Path:
     source = "-oracle_vae_roundtrip" if args.oracle else ""
     if args.predictions_dir:
         source = f"-predictions_{Path(args.predictions_dir).name}"
-    return Path(args.output_dir) / f"eval-{args.split}-{args.resolution}px-thr{args.threshold:g}-{args.eval_protocol}{source}"
+    return (
+        Path(args.output_dir)
+        / f"eval-{args.split}-{args.resolution}px-thr{args.threshold:g}-{args.eval_protocol}{source}"
+    )
+
+
+def oracle_summary(args: argparse.Namespace) -> dict | None:
+    """The VAE ceiling from an earlier `--oracle vae_roundtrip` run with the same settings, shown beside the model."""
+    if args.oracle or args.predictions_dir:
+        return None
+    path = eval_output_dir(argparse.Namespace(**{**vars(args), "oracle": "vae_roundtrip", "eval_output_dir": None}))
+    metrics_path = path / "metrics.json"
+    return json.loads(metrics_path.read_text())["subsets"] if metrics_path.is_file() else None
 
 
 def compute_dtype(args: argparse.Namespace) -> torch.dtype:
@@ -54,7 +67,9 @@ def load_prediction(predictions_dir: str, subset: str, stem: str) -> torch.Tenso
 def build_raw_source(args: argparse.Namespace, accelerator: Accelerator) -> Callable[[dict], list | torch.Tensor]:
     """batch -> raw masks in [0, 1]: from saved PNGs, from the VAE round trip, or from the trained model."""
     if args.predictions_dir:
-        return lambda batch: [load_prediction(args.predictions_dir, *key) for key in zip(batch["subset"], batch["stem"])]
+        return lambda batch: [
+            load_prediction(args.predictions_dir, *key) for key in zip(batch["subset"], batch["stem"], strict=True)
+        ]
     device, dtype = accelerator.device, compute_dtype(args)
     if args.oracle == "vae_roundtrip":  # the ceiling the VAE alone imposes: GT mask -> encode -> decode
         vae = load_frozen_vae(args.pretrained_model_name_or_path, args.revision, args.variant, dtype).to(device)
@@ -88,7 +103,9 @@ def main() -> None:
 
     samples = validate_split(args.dataset_path, args.split, args.subsets)
     loader = torch.utils.data.DataLoader(
-        Trans10kEval(samples, args.resolution), batch_size=args.eval_batch_size, collate_fn=eval_collate,
+        Trans10kEval(samples, args.resolution),
+        batch_size=args.eval_batch_size,
+        collate_fn=eval_collate,
         num_workers=args.dataloader_num_workers,
     )
     loader = accelerator.prepare(loader)  # shards the images; gather_for_metrics drops the padding duplicates
@@ -99,31 +116,47 @@ def main() -> None:
     progress = tqdm(loader, desc=f"{args.split}", disable=not accelerator.is_local_main_process)
     with BackgroundImageWriter() as writer, torch.inference_mode():  # PNG encoding never blocks the GPU
         for batch in progress:
-            batch_scores, raws, gts = score_batch(raw_source(batch), batch, args.threshold, args.eval_protocol,
-                                                  args.resolution)
-            for score, raw, gt_classes in zip(batch_scores, raws, batch["gt_classes"]):
+            batch_scores, raws, gts = score_batch(
+                raw_source(batch), batch, args.threshold, args.eval_protocol, args.resolution
+            )
+            for score, raw, gt_classes in zip(batch_scores, raws, batch["gt_classes"], strict=True):
                 if args.save_raw_predictions:
                     native = resize_raw(raw, tuple(gt_classes.shape)) if raw.shape != gt_classes.shape else raw
                     writer.submit(out_dir / "raw" / score.subset / f"{score.stem}.png", raw_to_png_array(native))
             scores += accelerator.gather_for_metrics(batch_scores, use_gather_object=True)
             if args.threshold_sweep:
-                batch_hist = torch.stack([sweep_histogram(r, g) for r, g in zip(raws, gts)]).to(accelerator.device)
+                batch_hist = torch.stack([sweep_histogram(r, g) for r, g in zip(raws, gts, strict=True)]).to(
+                    accelerator.device
+                )
                 histograms.append(accelerator.gather_for_metrics(batch_hist).cpu())
     accelerator.wait_for_everyone()  # every rank's PNGs are on disk before panels read them
 
     if accelerator.is_main_process:
-        summary = summarize_subsets(scores)
-        extra = {"split": args.split, "protocol": args.eval_protocol, "resolution": args.resolution,
-                 "source": "predictions" if args.predictions_dir else args.oracle or "model"}
+        summary, ceiling = summarize_subsets(scores), oracle_summary(args)
+        extra = {
+            "split": args.split,
+            "protocol": args.eval_protocol,
+            "resolution": args.resolution,
+            "source": "predictions" if args.predictions_dir else args.oracle or "model",
+        }
         if args.threshold_sweep:
             extra["threshold_sweep"] = threshold_sweep(torch.cat(histograms).sum(0)).to_dict()
         write_metrics_json(out_dir / "metrics.json", args.threshold, summary, extra)
-        write_metrics_md(out_dir / "metrics.md", summary, title=f"Trans10k {args.split} ({extra['source']})",
-                         protocol_note=f"protocol: {args.eval_protocol}, {args.resolution} px, threshold {args.threshold}")
+        write_metrics_md(
+            out_dir / "metrics.md",
+            summary,
+            title=f"Trans10k {args.split} ({extra['source']})",
+            protocol_note=f"protocol: {args.eval_protocol}, {args.resolution} px, threshold {args.threshold}",
+            oracle_summary=ceiling,
+            oracle_label="VAE round-trip ceiling",
+        )
         write_per_image_csv(out_dir / "per_image.csv", scores)
         if args.save_raw_predictions:
             write_panels(args, out_dir, samples, scores)
         print(format_summary_table(summary))
+        if ceiling is not None:
+            print("\nVAE round-trip ceiling (GT mask -> encode -> decode), same split and protocol:")
+            print(format_summary_table(ceiling))
         if "threshold_sweep" in extra:
             print(f"threshold sweep ({args.split}): {extra['threshold_sweep']}")
         print(f"wrote {out_dir}")

@@ -29,15 +29,44 @@ COMPLETE = "complete.json"
 
 
 def cache_key(vae_fingerprint: dict, resolution: int, random_flip: bool, samples: Sequence[Sample]) -> str:
-    manifest = [(str(s.image_path), s.image_path.stat().st_size, s.image_path.stat().st_mtime_ns,
-                 str(s.mask_path), s.mask_path.stat().st_size, s.mask_path.stat().st_mtime_ns) for s in samples]
+    manifest = [
+        (
+            str(s.image_path),
+            s.image_path.stat().st_size,
+            s.image_path.stat().st_mtime_ns,
+            str(s.mask_path),
+            s.mask_path.stat().st_size,
+            s.mask_path.stat().st_mtime_ns,
+        )
+        for s in samples
+    ]
     payload = {"vae": vae_fingerprint, "resolution": resolution, "random_flip": random_flip, "files": manifest}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def vae_fingerprint(model: str, revision: str | None, variant: str | None, vae, dtype: torch.dtype) -> dict:
-    return {"model": model, "revision": revision, "variant": variant, "dtype": str(dtype),
-            "config": {k: v for k, v in vae.config.items() if not k.startswith("_")}}
+    return {
+        "model": model,
+        "revision": revision,
+        "variant": variant,
+        "dtype": str(dtype),
+        "config": {k: v for k, v in vae.config.items() if not k.startswith("_")},
+    }
+
+
+def latent_cache_dir(
+    cache_root: Path,
+    model: str,
+    revision: str | None,
+    variant: str | None,
+    vae,
+    resolution: int,
+    random_flip: bool,
+    samples: Sequence[Sample],
+) -> Path:
+    """`<cache_root>/latents/<key>`: one folder per VAE, resolution, flip setting and dataset manifest."""
+    fingerprint = vae_fingerprint(model, revision, variant, vae, vae.dtype)
+    return Path(cache_root) / "latents" / cache_key(fingerprint, resolution, random_flip, samples)
 
 
 def _variants(random_flip: bool) -> tuple[str, ...]:
@@ -46,7 +75,13 @@ def _variants(random_flip: bool) -> tuple[str, ...]:
 
 @torch.no_grad()
 def build_latent_cache(
-    cache_dir: Path, samples: Sequence[Sample], resolution: int, random_flip: bool, vae, encode, accelerator,
+    cache_dir: Path,
+    samples: Sequence[Sample],
+    resolution: int,
+    random_flip: bool,
+    vae,
+    encode,
+    accelerator,
     batch_size: int,
 ) -> Path:
     """Encode every sample once (sharded over ranks) unless a complete cache with the same key exists."""
@@ -56,7 +91,9 @@ def build_latent_cache(
     rank, world = accelerator.process_index, accelerator.num_processes
     mine = list(range(rank, len(samples), world))
     tensors: dict[str, torch.Tensor] = {}
-    for start in tqdm(range(0, len(mine), batch_size), desc="caching latents", disable=not accelerator.is_main_process):
+    for start in tqdm(
+        range(0, len(mine), batch_size), desc="caching latents", disable=not accelerator.is_main_process
+    ):
         indices = mine[start : start + batch_size]
         items = [plain[i] for i in indices]
         for suffix in _variants(random_flip):
@@ -65,7 +102,9 @@ def build_latent_cache(
                 if suffix:
                     pixels = pixels.flip(-1)  # flip the pixels, as the uncached path does, then encode
                 latents = encode(vae, pixels.to(accelerator.device)).cpu()
-                tensors.update({f"{i}/{kind}{suffix}": latent.contiguous() for i, latent in zip(indices, latents)})
+                tensors.update(
+                    {f"{i}/{kind}{suffix}": latent.contiguous() for i, latent in zip(indices, latents, strict=True)}
+                )
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = cache_dir / f".shard-{rank}.tmp"
     save_file(tensors, str(tmp))

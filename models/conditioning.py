@@ -36,7 +36,11 @@ def cache_key(model: str, revision: str | None, variant: str | None) -> str:
 
 
 def cache_path(cache_dir: str | Path | None, model: str, revision: str | None, variant: str | None) -> Path:
-    return Path(cache_dir or DEFAULT_CACHE_DIR) / "prompt_embeds" / f"empty_prompt_{cache_key(model, revision, variant)}.safetensors"
+    return (
+        Path(cache_dir or DEFAULT_CACHE_DIR)
+        / "prompt_embeds"
+        / f"empty_prompt_{cache_key(model, revision, variant)}.safetensors"
+    )
 
 
 @torch.no_grad()
@@ -86,6 +90,8 @@ def load_empty_prompt_embeds(
         tmp = path.with_name(f".{path.name}.tmp")
         save_file({"prompt_embeds": prompt_embeds, "pooled_prompt_embeds": pooled}, str(tmp))
         tmp.replace(path)
-        atomic_write_text(path.with_suffix(".json"), json.dumps({"model": model, "revision": revision, "variant": variant}))
+        atomic_write_text(
+            path.with_suffix(".json"), json.dumps({"model": model, "revision": revision, "variant": variant})
+        )
     tensors = load_file(str(path))
     return tensors["prompt_embeds"], tensors["pooled_prompt_embeds"]

@@ -68,9 +68,13 @@ def run_script(script: str, *args: str, processes: int = 1, cwd: Path = REPO_ROO
     """Run an entry script through `accelerate launch` exactly as a user would, on 1 or 2 CPU processes."""
     accelerate_config = "cpu_1proc.yaml" if processes == 1 else "cpu_2proc.yaml"
     command = [
-        sys.executable, "-m", "accelerate.commands.launch",
-        "--config_file", str(REPO_ROOT / "configs" / "accelerate" / accelerate_config),
-        "--num_cpu_threads_per_process", "1",
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(REPO_ROOT / "configs" / "accelerate" / accelerate_config),
+        "--num_cpu_threads_per_process",
+        "1",
     ]
     if processes > 1:
         command += ["--main_process_port", str(29500 + os.getpid() % 1000)]

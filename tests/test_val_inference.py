@@ -19,15 +19,26 @@ def trained(tiny_assets, tmp_path_factory, run) -> Path:
     """A 2-step tiny model and the overlay that points at it."""
     root = tmp_path_factory.mktemp("trained")
     overlay = root / "overlay.yaml"
-    overlay.write_text(yaml.safe_dump({
-        "pretrained_model_name_or_path": str(tiny_assets["model"]),
-        "dataset_path": str(tiny_assets["data"]),
-        "cache_dir": str(tiny_assets["cache"]),
-        "output_dir": str(root / "run"),
-        "resolution": 64, "train_batch_size": 4, "gradient_accumulation_steps": 1, "max_train_steps": 2, "validation_steps": 0,
-        "dataloader_num_workers": 0, "report_to": "none", "eval_batch_size": 2,
-        "num_worst_panels": 2, "num_sample_panels": 1,
-    }))
+    overlay.write_text(
+        yaml.safe_dump(
+            {
+                "pretrained_model_name_or_path": str(tiny_assets["model"]),
+                "dataset_path": str(tiny_assets["data"]),
+                "cache_dir": str(tiny_assets["cache"]),
+                "output_dir": str(root / "run"),
+                "resolution": 64,
+                "train_batch_size": 4,
+                "gradient_accumulation_steps": 1,
+                "max_train_steps": 2,
+                "validation_steps": 0,
+                "dataloader_num_workers": 0,
+                "report_to": "none",
+                "eval_batch_size": 2,
+                "num_worst_panels": 2,
+                "num_sample_panels": 1,
+            }
+        )
+    )
     run("trainer.py", "--config", str(overlay))
     return overlay
 
@@ -66,21 +77,47 @@ def test_metrics_shape_files_and_rescoring_saved_predictions(trained, tmp_path, 
     assert "0.8819" in (eval_dir / "metrics.md").read_text()
 
     rescored = tmp_path / "rescored"
-    run("val_inference.py", "--config", str(trained), "--predictions_dir", str(eval_dir / "raw"),
-               "--eval_output_dir", str(rescored))
+    run(
+        "val_inference.py",
+        "--config",
+        str(trained),
+        "--predictions_dir",
+        str(eval_dir / "raw"),
+        "--eval_output_dir",
+        str(rescored),
+    )
     assert metrics(rescored)["subsets"] == result["subsets"]
 
     (eval_dir / "raw" / "easy" / "0001.png").unlink()
-    missing = run("val_inference.py", "--config", str(trained), "--predictions_dir", str(eval_dir / "raw"),
-                         "--eval_output_dir", str(tmp_path / "missing"), check=False)
+    missing = run(
+        "val_inference.py",
+        "--config",
+        str(trained),
+        "--predictions_dir",
+        str(eval_dir / "raw"),
+        "--eval_output_dir",
+        str(tmp_path / "missing"),
+        check=False,
+    )
     assert missing.returncode != 0
     assert str(eval_dir / "raw" / "easy" / "0001.png") in missing.stderr
 
 
 def test_vae_oracle_and_threshold_sweep_on_validation(trained, tmp_path, run):
     oracle = tmp_path / "oracle"
-    run("val_inference.py", "--config", str(trained), "--oracle", "vae_roundtrip", "--eval_output_dir",
-               str(oracle), "--split", "validation", "--threshold_sweep", "true")
+    run(
+        "val_inference.py",
+        "--config",
+        str(trained),
+        "--oracle",
+        "vae_roundtrip",
+        "--eval_output_dir",
+        str(oracle),
+        "--split",
+        "validation",
+        "--threshold_sweep",
+        "true",
+    )
     result = metrics(oracle)
     assert result["source"] == "vae_roundtrip"
     assert result["subsets"]["mix"]["num_images"] == 5

@@ -62,7 +62,9 @@ def _make_spec(name: str, default: Any, comment: str, path: Path) -> KeySpec:
     type_tag = _TYPE_TAG.match(comment)
     if default is None:
         if not type_tag:
-            raise ConfigError(f"{path}: key '{name}' defaults to null, so its comment must start with [str|int|float|bool]")
+            raise ConfigError(
+                f"{path}: key '{name}' defaults to null, so its comment must start with [str|int|float|bool]"
+            )
         key_type = _TYPES[type_tag.group(1)]
     else:
         key_type = type(default)
@@ -141,9 +143,8 @@ def _check_choices(spec: KeySpec, value: Any, source: str) -> None:
         return
     for item in value if isinstance(value, list) else [value]:
         if item not in spec.choices:
-            raise ConfigError(
-                f"{source}: '{spec.name}' = {item!r} is not one of {', '.join(spec.choices)}{_did_you_mean(item, spec.choices)}"
-            )
+            hint = _did_you_mean(item, spec.choices)
+            raise ConfigError(f"{source}: '{spec.name}' = {item!r} is not one of {', '.join(spec.choices)}{hint}")
 
 
 def _type_error(spec: KeySpec, value: Any, source: str) -> ConfigError:
@@ -262,15 +263,27 @@ def check_combinations(args: argparse.Namespace) -> None:
             f"{args.random_crop_scale}): random colours and crops change the pixels every epoch, so latents cannot "
             "be computed once"
         )
+    if args.use_8bit_adam and not _bitsandbytes_usable():
+        problems.append("use_8bit_adam needs a CUDA GPU and `pip install bitsandbytes`; set it to false here")
     if args.predictions_dir is not None and args.oracle is not None:
         problems.append("predictions_dir and oracle both set: score either existing predictions or the VAE oracle")
     if args.threshold_sweep and args.split == "test":
         problems.append("threshold_sweep on split=test would choose a setting on the test set; use --split validation")
     if not args.save_raw_predictions and (args.num_worst_panels or args.num_sample_panels):
-        problems.append("panels are drawn from the saved raw predictions: set save_raw_predictions true or the "
-                        "num_*_panels keys to 0")
+        problems.append(
+            "panels are drawn from the saved raw predictions: set save_raw_predictions true or the "
+            "num_*_panels keys to 0"
+        )
     if problems:
         raise ConfigError("impossible settings:\n  " + "\n  ".join(problems))
+
+
+def _bitsandbytes_usable() -> bool:
+    import importlib.util
+
+    import torch
+
+    return torch.cuda.is_available() and importlib.util.find_spec("bitsandbytes") is not None
 
 
 def format_help(args: argparse.Namespace, prog: str, defaults_path: Path = DEFAULTS_PATH) -> str:

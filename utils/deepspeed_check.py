@@ -45,8 +45,9 @@ def check_deepspeed_config(ds_config: dict, args: argparse.Namespace, num_proces
     problems = deepspeed_mismatches(ds_config, args, num_processes)
     if problems:
         raise ValueError(
-            "DeepSpeed config disagrees with config.yaml:\n  " + "\n  ".join(problems)
-            + "\nSet these keys to \"auto\" in ds_config.json (Accelerate then fills them from config.yaml) "
+            "DeepSpeed config disagrees with config.yaml:\n  "
+            + "\n  ".join(problems)
+            + '\nSet these keys to "auto" in ds_config.json (Accelerate then fills them from config.yaml) '
             "or change config.yaml to match."
         )
     if ds_config.get("gradient_clipping", "auto") == "auto":

@@ -5,7 +5,7 @@ import torch
 from accelerate import Accelerator
 
 from dataset.latent_cache import COMPLETE, CachedLatentsTrain, build_latent_cache, cache_key, vae_fingerprint
-from dataset.trans10k import Trans10kTrain, TrainSampler, find_samples
+from dataset.trans10k import TrainSampler, Trans10kTrain, find_samples
 from models.loading import load_frozen_vae
 from models.segmenter import encode_latents
 from utils.config import ConfigError, parse_config

@@ -33,7 +33,9 @@ def test_conditioning_is_cached_and_matches_the_text_encoders(tiny_assets):
     # Read back from the cache: identical to a fresh computation by the text encoders.
     again, again_pooled = load_empty_prompt_embeds(model, None, None, tiny_assets["cache"], CPU)
     assert torch.equal(again, prompt_embeds) and torch.equal(again_pooled, pooled)
-    assert cache_path(tiny_assets["cache"], model, "other-revision", None) != cache_path(tiny_assets["cache"], model, None, None)
+    assert cache_path(tiny_assets["cache"], model, "other-revision", None) != cache_path(
+        tiny_assets["cache"], model, None, None
+    )
 
 
 def test_latents_use_shift_and_scale_and_are_deterministic(tiny_assets):
@@ -72,7 +74,9 @@ def test_one_step_updates_every_transformer_parameter_and_never_the_vae(tiny_ass
         assert param.requires_grad, name
         assert param.grad is not None, f"{name} got no gradient"
         assert torch.isfinite(param.grad).all(), name
-        assert (param.grad.abs().sum() > 0) == (name not in dead), f"{name}: unexpected gradient {param.grad.abs().sum()}"
+        assert (param.grad.abs().sum() > 0) == (name not in dead), (
+            f"{name}: unexpected gradient {param.grad.abs().sum()}"
+        )
     assert all(p.grad is None for p in predictor.vae.parameters())
     optimizer.step()
     for name, param in predictor.transformer.named_parameters():
@@ -103,7 +107,9 @@ def test_transformer_dir_accepts_output_dir_checkpoint_and_folder(tmp_path, tiny
     transformer.save_pretrained(tmp_path / "run" / "checkpoint-4" / "transformer")
     transformer.save_pretrained(tmp_path / "run" / "transformer")
     assert resolve_transformer_dir(tmp_path / "run") == tmp_path / "run" / "transformer"
-    assert resolve_transformer_dir(tmp_path / "run" / "checkpoint-4") == tmp_path / "run" / "checkpoint-4" / "transformer"
+    assert (
+        resolve_transformer_dir(tmp_path / "run" / "checkpoint-4") == tmp_path / "run" / "checkpoint-4" / "transformer"
+    )
     assert resolve_transformer_dir(tmp_path / "run" / "transformer") == tmp_path / "run" / "transformer"
     try:
         resolve_transformer_dir(tmp_path / "nothing")

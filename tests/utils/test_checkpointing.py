@@ -48,8 +48,14 @@ def test_latest_without_checkpoints_is_none_and_explicit_paths_must_be_complete(
     assert resolve_resume_path("checkpoint-9", tmp_path) == tmp_path / "checkpoint-9"
 
 
-@pytest.mark.parametrize("limit, expected", [(1, ["checkpoint-4"]), (2, ["checkpoint-3", "checkpoint-4"]),
-                                             (0, ["checkpoint-1", "checkpoint-2", "checkpoint-3", "checkpoint-4"])])
+@pytest.mark.parametrize(
+    "limit, expected",
+    [
+        (1, ["checkpoint-4"]),
+        (2, ["checkpoint-3", "checkpoint-4"]),
+        (0, ["checkpoint-1", "checkpoint-2", "checkpoint-3", "checkpoint-4"]),
+    ],
+)
 def test_total_limit_keeps_exactly_n(tmp_path, limit, expected):
     for step in (1, 2, 3, 4):
         prune_checkpoints(tmp_path, limit)  # the trainer prunes just before each save

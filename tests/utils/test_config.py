@@ -53,8 +53,10 @@ def test_types_follow_the_default(flag, value, expected):
     assert getattr(parse(f"--{flag}", value), flag) == expected
 
 
-@pytest.mark.parametrize("spelling, expected", [("true", True), ("Yes", True), ("1", True), ("false", False),
-                                                ("no", False), ("0", False), ("FALSE", False)])
+@pytest.mark.parametrize(
+    "spelling, expected",
+    [("true", True), ("Yes", True), ("1", True), ("false", False), ("no", False), ("0", False), ("FALSE", False)],
+)
 def test_bool_spellings(spelling, expected):
     assert parse("--random_flip", spelling).random_flip is expected
 
@@ -101,6 +103,7 @@ def test_bad_type_in_overlay_names_the_file(tmp_path):
         (["--threshold_sweep", "true", "--split", "test"], "test set"),
         (["--predictions_dir", "x", "--oracle", "vae_roundtrip"], "both set"),
         (["--max_train_steps", "0"], "max_train_steps"),
+        (["--num_worst_panels", "3", "--save_raw_predictions", "false"], "save_raw_predictions"),
     ],
 )
 def test_impossible_combinations_are_rejected(argv, message):
@@ -150,3 +153,14 @@ def test_demo_overlay_only_uses_known_keys():
     overlay = yaml.safe_load((REPO_ROOT / "configs/demo.yaml").read_text())
     assert set(overlay) <= set(read_specs())
     parse("--config", str(Path(REPO_ROOT / "configs/demo.yaml")))
+
+
+def test_8bit_adam_is_refused_without_cuda_and_bitsandbytes():
+    import importlib.util
+
+    import torch
+
+    if torch.cuda.is_available() and importlib.util.find_spec("bitsandbytes"):
+        pytest.skip("bitsandbytes and CUDA present: the combination is valid here")
+    with pytest.raises(ConfigError, match="use_8bit_adam needs a CUDA GPU"):
+        parse("--use_8bit_adam")

@@ -15,7 +15,9 @@ def load_ds(name: str = "ds_config.json") -> dict:
     return json.loads((REPO_ROOT / name).read_text())
 
 
-@pytest.mark.parametrize("name", ["ds_config.json", "configs/deepspeed/zero2.json", "configs/deepspeed/zero2_offload.json"])
+@pytest.mark.parametrize(
+    "name", ["ds_config.json", "configs/deepspeed/zero2.json", "configs/deepspeed/zero2_offload.json"]
+)
 def test_shipped_deepspeed_configs_defer_to_config_yaml(name):
     args = parse_config([])[0]
     config = load_ds(name)
@@ -27,18 +29,29 @@ def test_shipped_deepspeed_configs_defer_to_config_yaml(name):
 
 
 def test_mismatches_stop_the_run_showing_both_values():
-    args = parse_config(["--train_batch_size", "4", "--gradient_accumulation_steps", "2", "--mixed_precision", "bf16"])[0]
+    args = parse_config(
+        ["--train_batch_size", "4", "--gradient_accumulation_steps", "2", "--mixed_precision", "bf16"]
+    )[0]
     config = load_ds()
-    config.update({"train_micro_batch_size_per_gpu": 8, "gradient_accumulation_steps": 1, "train_batch_size": 64,
-                   "bf16": {"enabled": False}, "gradient_clipping": 0.5})
+    config.update(
+        {
+            "train_micro_batch_size_per_gpu": 8,
+            "gradient_accumulation_steps": 1,
+            "train_batch_size": 64,
+            "bf16": {"enabled": False},
+            "gradient_clipping": 0.5,
+        }
+    )
     with pytest.raises(ValueError) as err:
         check_deepspeed_config(config, args, num_processes=4)
     message = str(err.value)
-    for expected in ("train_micro_batch_size_per_gpu = 8 but config.yaml gives 4",
-                     "gradient_accumulation_steps = 1 but config.yaml gives 2",
-                     "train_batch_size = 64 but config.yaml gives 32",
-                     "bf16.enabled = False but config.yaml gives True",
-                     "gradient_clipping = 0.5 but config.yaml gives 1.0"):
+    for expected in (
+        "train_micro_batch_size_per_gpu = 8 but config.yaml gives 4",
+        "gradient_accumulation_steps = 1 but config.yaml gives 2",
+        "train_batch_size = 64 but config.yaml gives 32",
+        "bf16.enabled = False but config.yaml gives True",
+        "gradient_clipping = 0.5 but config.yaml gives 1.0",
+    ):
         assert expected in message
 
 
@@ -74,10 +87,24 @@ print(json.dumps({"stage": engine.zero_optimization_stage(), "loss": loss.item()
 
 @pytest.mark.slow
 def test_zero2_step_runs_on_cpu_with_gloo(tiny_assets):
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29561",
-           "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-c", ZERO2_STEP, str(tiny_assets["model"])], cwd=REPO_ROOT, env=env,
-                            capture_output=True, text=True, timeout=300)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO_ROOT),
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": "29561",
+        "RANK": "0",
+        "LOCAL_RANK": "0",
+        "WORLD_SIZE": "1",
+        "OMP_NUM_THREADS": "1",
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", ZERO2_STEP, str(tiny_assets["model"])],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["stage"] == 2
