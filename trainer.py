@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import DistributedType, ProjectConfiguration, set_seed
+from accelerate.utils import DistributedType, ProjectConfiguration, parse_flag_from_env, set_seed
 from diffusers import SD3Transformer2DModel
 from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
@@ -55,7 +55,8 @@ def build_accelerator(args: argparse.Namespace) -> Accelerator:
         log_with=report_to,
         project_config=project,
         dynamo_backend="inductor" if args.torch_compile else "no",
-        cpu=not torch.cuda.is_available(),  # lets `--multi_gpu --num_processes 2` run gloo ranks on a CPU machine
+        # Without CUDA, cpu=True lets `--multi_gpu --num_processes 2` run gloo ranks; DeepSpeed has its own CPU backend.
+        cpu=not torch.cuda.is_available() and not parse_flag_from_env("ACCELERATE_USE_DEEPSPEED"),
     )
 
 
@@ -333,7 +334,7 @@ def main() -> None:
             with accelerator.accumulate(transformer):
                 image_latents, mask_latents = batch_latents(vae, batch)
                 with accelerator.autocast():
-                    predicted = predictor.predict_latents(image_latents.float())
+                    predicted = predictor.predict_latents(image_latents)
                 loss = loss_fn(predicted, mask_latents)
                 mean_loss = accelerator.gather(loss.detach()).mean().item()  # every rank sees the same value
                 if not math.isfinite(mean_loss):  # stop before the bad gradient reaches the weights

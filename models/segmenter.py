@@ -51,21 +51,20 @@ class MaskPredictor:
     def predict_latents(self, image_latents: torch.Tensor) -> torch.Tensor:
         """One deterministic transformer step: image latents -> predicted mask latents (gradients flow)."""
         batch_size, device = image_latents.shape[0], image_latents.device
+        # Inputs follow the weights: fp32 master weights under autocast, bf16 weights under DeepSpeed bf16.
+        dtype = next(self.transformer.parameters()).dtype
         return self.transformer(
-            hidden_states=image_latents,
-            timestep=torch.full((batch_size,), self.timestep, device=device),
-            encoder_hidden_states=self.prompt_embeds.to(device).expand(batch_size, -1, -1),
-            pooled_projections=self.pooled_prompt_embeds.to(device).expand(batch_size, -1),
+            hidden_states=image_latents.to(dtype),
+            timestep=torch.full((batch_size,), self.timestep, device=device, dtype=dtype),
+            encoder_hidden_states=self.prompt_embeds.to(device, dtype).expand(batch_size, -1, -1),
+            pooled_projections=self.pooled_prompt_embeds.to(device, dtype).expand(batch_size, -1),
             return_dict=False,
         )[0]
 
     @torch.no_grad()
     def predict_raw(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] [B, 3, H, W] -> raw masks [B, H, W] in [0, 1] (fp32)."""
-        image_latents = encode_latents(self.vae, pixel_values)
-        dtype = next(self.transformer.parameters()).dtype
-        mask_latents = self.predict_latents(image_latents.to(dtype))
-        return decode_raw_mask(self.vae, mask_latents)
+        return decode_raw_mask(self.vae, self.predict_latents(encode_latents(self.vae, pixel_values)))
 
 
 def load_predictor(args, transformer_path: str, device: torch.device, dtype: torch.dtype) -> MaskPredictor:

@@ -16,7 +16,13 @@ def test_demo_config_trains_and_validates_end_to_end(tiny_assets, run, tmp_path)
     ]  # fmt: skip
     short = ["--max_train_steps", "2", "--validation_steps", "2", "--checkpointing_steps", "2"]
     run("trainer.py", "--config", "configs/demo.yaml", *paths, *short)
-    for name in ("transformer/config.json", "checkpoint-2/checkpoint.json", "config.yaml", "run_info.json", "README.md"):
+    for name in (
+        "transformer/config.json",
+        "checkpoint-2/checkpoint.json",
+        "config.yaml",
+        "run_info.json",
+        "README.md",
+    ):
         assert (tmp_path / "demo" / name).is_file(), name
     assert json.loads((tmp_path / "demo" / "train_summary.json").read_text())["steps"] == 2
 

@@ -27,6 +27,7 @@ def trained(tiny_assets, tmp_path_factory, run) -> Path:
                 "cache_dir": str(tiny_assets["cache"]),
                 "output_dir": str(root / "run"),
                 "resolution": 64,
+                "mixed_precision": "no",
                 "train_batch_size": 4,
                 "gradient_accumulation_steps": 1,
                 "max_train_steps": 2,

@@ -1,0 +1,355 @@
+"""FLOPs and peak training memory of the full-size SD3.5-medium step at 1024 px, on a CPU, without running it.
+
+    python -m bench.flops_and_memory                                  # everything (~10-15 min on a 2-core CPU)
+    python -m bench.flops_and_memory --parts flops                    # FLOP counts only (~1 min)
+    python -m bench.flops_and_memory --parts memory --gradient_checkpointing off
+
+FLOPs: torch's FlopCounterMode counts the real architecture (random init, built on the meta device: no memory, no
+compute): transformer forward + backward for one sample, VAE encode of one image, VAE decode of one latent. Attention
+is counted: on meta, SDPA decomposes into bmm ops (QK^T and PV), checked against the analytic attention FLOPs. The
+count is compared with the 6·N·T rule of thumb.
+
+Memory: the training step as trainer.py runs it (frozen bf16 VAE encodes image and mask under no_grad, transformer
+forward under bf16 autocast with fp32 master weights, latent MSE, backward, gradient clipping, fused AdamW, zero_grad)
+for two steps under FakeTensorMode, with torch.distributed._tools.mem_tracker.MemTracker attributing every tensor to
+weights / gradients / optimizer states / activations. Fake tensors carry shapes and dtypes only, so this estimates what
+a GPU would hold (tensor memory; no allocator fragmentation, CUDA context or library workspaces). Other memory options
+(8-bit optimizer states, ZeRO-2 with optimizer offload) are derived from that breakdown and labelled as estimates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from diffusers import AutoencoderKL, SD3Transformer2DModel
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.distributed._tools.mem_tracker import MemTracker
+
+from bench.common import (
+    SD35_MEDIUM_TRANSFORMER_CONFIG,
+    SD35_MEDIUM_VAE_CONFIG,
+    TEXT_TOKENS,
+    attention_forward_flops,
+    build_transformer,
+    count_parameters,
+    markdown_table,
+    run_header,
+    tera,
+    token_groups,
+    transformer_train_flops,
+    vae_flops,
+)
+from models.losses import LOSSES
+from models.segmenter import MaskPredictor, encode_latents
+
+GIB = 2**30
+SDPA_OPS = ("scaled_dot_product",)
+MATMUL_OPS = ("aten.bmm", "aten.baddbmm")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--parts", nargs="+", choices=("flops", "memory"), default=["flops", "memory"])
+    parser.add_argument("--resolution", type=int, default=1024)
+    parser.add_argument("--text_tokens", type=int, default=TEXT_TOKENS, help="77 CLIP + 256 T5 tokens")
+    parser.add_argument(
+        "--compare_text_tokens", type=int, nargs="*", default=[154],
+        help="also count the transformer with these text lengths (154 = 77 CLIP + 77 T5, a common shorter setting)",
+    )
+    parser.add_argument("--batch_size", type=int, default=1, help="memory estimate batch size")
+    parser.add_argument("--steps", type=int, default=2, help="training steps tracked (>= 2: states exist in step 2)")
+    parser.add_argument(
+        "--gradient_checkpointing", nargs="+", choices=("off", "on"), default=["off", "on"], help="memory rows"
+    )
+    parser.add_argument("--num_gpus", type=int, default=4, help="data-parallel ranks for the ZeRO-2 estimate")
+    return parser.parse_args(argv)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# FLOPs
+
+
+def attention_counted(flops, expected_forward: int, multiple: int) -> tuple[int, bool]:
+    """(attention FLOPs found in the count, whether they match `multiple` x the analytic forward attention)."""
+    counted = flops.op_flops(*SDPA_OPS, *MATMUL_OPS)
+    return counted, abs(counted - multiple * expected_forward) <= 0.01 * multiple * expected_forward
+
+
+def flops_report(args: argparse.Namespace) -> None:
+    config, vae_config = SD35_MEDIUM_TRANSFORMER_CONFIG, SD35_MEDIUM_VAE_CONFIG
+    image_tokens = (args.resolution // 8 // config["patch_size"]) ** 2
+    started = time.perf_counter()
+    print(f"counting transformer forward + backward at {args.resolution} px ...", flush=True)
+    train = transformer_train_flops(config, args.resolution, args.text_tokens)
+    print("counting VAE encode and decode ...", flush=True)
+    encode, decode = vae_flops(vae_config, args.resolution)
+    attention_fwd = attention_forward_flops(config, image_tokens, args.text_tokens)
+    fwd_attention, fwd_ok = attention_counted(train.forward, attention_fwd, 1)
+    bwd_attention, bwd_ok = attention_counted(train.backward, attention_fwd, 2)
+    latent_side = args.resolution // 8
+    vae_attention = 4 * latent_side**4 * vae_config["block_out_channels"][-1]  # one mid-block attention
+    rows = [
+        ("transformer forward", tera(train.forward.total), tera(fwd_attention)),
+        ("transformer backward", tera(train.backward.total), tera(bwd_attention)),
+        ("**transformer forward + backward**", f"**{tera(train.total)}**", tera(fwd_attention + bwd_attention)),
+        ("VAE encode (one image)", tera(encode.total), tera(encode.op_flops(*SDPA_OPS, *MATMUL_OPS))),
+        ("VAE decode (one latent)", tera(decode.total), tera(decode.op_flops(*SDPA_OPS, *MATMUL_OPS))),
+        ("training step, cached latents (= transformer fwd + bwd)", tera(train.total), ""),
+        ("training step, VAE in the step (+ image and mask encode)", tera(train.total + 2 * encode.total), ""),
+        ("inference (encode + forward + decode)", tera(encode.total + train.forward.total + decode.total), ""),
+    ]
+    for tokens in args.compare_text_tokens:
+        other = transformer_train_flops(config, args.resolution, tokens)
+        rows.append((f"transformer forward + backward, {tokens} text tokens", tera(other.total), ""))
+    print(f"\nFLOPs per sample at {args.resolution} px, {image_tokens} image tokens + {args.text_tokens} text tokens, "
+          "counted with FlopCounterMode (TFLOP; a multiply-add = 2 FLOPs)\n")
+    print(markdown_table(("part", "TFLOP", "of which attention (QK^T, PV)"), rows))
+    status = "yes" if fwd_ok and bwd_ok else "NO: check the count"
+    print(
+        f"\nAttention counted: {status}. Analytic attention forward {tera(attention_fwd)} TFLOP "
+        f"(joint image+text attention in {config['num_layers']} blocks + image-only attention in "
+        f"{len(config['dual_attention_layers'])} dual-attention blocks); the count holds {tera(fwd_attention)} forward "
+        f"and {tera(bwd_attention)} backward (2x: dQ, dK, dV from dO). VAE mid-block attention, analytic: "
+        f"{tera(vae_attention)} TFLOP per pass. A fused flash-attention backward also recomputes QK^T "
+        f"(+{tera(attention_fwd)} TFLOP of hardware FLOPs, not counted here: model FLOPs, as MFU uses)."
+    )
+    print_six_nt(config, image_tokens, args.text_tokens, train.total, attention_fwd)
+    print(f"\n(FLOP counting took {time.perf_counter() - started:.0f} s)\n", flush=True)
+
+
+def print_six_nt(config: dict, image_tokens: int, text_tokens: int, counted: int, attention_fwd: int) -> None:
+    model = build_transformer(config, "meta")
+    params, groups = count_parameters(model), token_groups(model)
+    six_nt = 6 * params * image_tokens
+    token_aware = 6 * (groups["image"] * image_tokens + groups["text"] * text_tokens + groups["per-sample"])
+    rows = [
+        ("N, transformer parameters (meta device)", f"{params:,}"),
+        (f"  image stream (sees {image_tokens} image tokens)", f"{groups['image']:,}"),
+        (f"  text stream (sees {text_tokens} text tokens)", f"{groups['text']:,}"),
+        ("  adaLN modulation + timestep/pooled embedders (1 vector per sample)", f"{groups['per-sample']:,}"),
+        (f"6·N·T, T = {image_tokens} image tokens (TFLOP)", tera(six_nt)),
+        ("counted forward + backward (TFLOP)", tera(counted)),
+        ("counted / 6·N·T", f"{counted / six_nt:.2f}"),
+        ("token-aware 6·Σ N_group·T_group (TFLOP)", tera(token_aware)),
+        ("token-aware + 3 x attention forward (TFLOP)", tera(token_aware + 3 * attention_fwd)),
+    ]
+    print("\nCounted FLOPs against 6·N·T\n")
+    print(markdown_table(("quantity", "value"), rows))
+    print(
+        f"\n6·N·T assumes every parameter sees every token. In the MMDiT only the image stream sees the "
+        f"{image_tokens} image tokens: the text stream sees {text_tokens} text tokens and the adaLN modulation "
+        "linears (a third of the parameters) act on a single conditioning vector per sample. Attention FLOPs, absent "
+        "from 6·N·T, add back part of the difference."
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Memory
+
+
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+class StepMemTracker(MemTracker):
+    """MemTracker that tolerates the per-call `reset_mod_stats()` this training step needs.
+
+    MemTracker refuses a second forward of a root module without a reset (the VAE runs twice per step, the
+    transformer once per step); after a reset, its backward hooks can still fire for the frozen VAE's modules (which
+    did no backward work: encode_latents runs under no_grad), and those hooks must then be skipped.
+    """
+
+    def _pre_bw_hook(self, module, args) -> None:
+        if module is not None and module in self.memory_tracking:
+            super()._pre_bw_hook(module, args)
+
+    def _post_bw_hook(self, module, args) -> None:
+        if module is not None and module in self.memory_tracking:
+            super()._post_bw_hook(module, args)
+
+
+def breakdown(snapshot: dict) -> dict[str, int]:
+    """MemTracker's per-device snapshot -> bytes by kind, summed over devices."""
+    names = {"Parameter": "weights", "Buffer": "buffers", "Gradient": "gradients", "Optstate": "optimizer states",
+             "Activation": "activations", "Temp": "activations", "Other": "activations", "Total": "total"}
+    result = dict.fromkeys(("weights", "buffers", "gradients", "optimizer states", "activations", "total"), 0)
+    for device_snapshot in snapshot.values():
+        for kind, num_bytes in device_snapshot.items():
+            result[names[getattr(kind, "value", kind)]] += num_bytes
+    return result
+
+
+@dataclass
+class MemoryRun:
+    gradient_checkpointing: bool
+    transformer_params: int
+    peak: dict[str, int]  # by kind, at the moment of the overall peak
+    moments: dict[str, dict[str, int]]  # by kind: overall peak and the transformer's forward / backward peaks
+    autocast_copy_bytes: int
+    seconds: float
+
+
+def track_training_memory(args: argparse.Namespace, gradient_checkpointing: bool) -> MemoryRun:
+    """Run `args.steps` full-size training steps on fake tensors under MemTracker."""
+    label = f"[memory, gradient checkpointing {'on' if gradient_checkpointing else 'off'}]"
+    started = time.perf_counter()
+    side = args.resolution
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        transformer = SD3Transformer2DModel(**SD35_MEDIUM_TRANSFORMER_CONFIG).train()  # fp32 master weights
+        if gradient_checkpointing:
+            transformer.enable_gradient_checkpointing()
+        with default_dtype(torch.bfloat16):
+            # requires_grad stays on: MemTracker hooks every parameter of a called module. encode_latents runs the
+            # VAE under no_grad, so it never gets gradients.
+            vae = AutoencoderKL(**SD35_MEDIUM_VAE_CONFIG).eval()
+        optimizer = torch.optim.AdamW(transformer.parameters(), lr=1e-5, fused=True)  # trainer.py's choice on CUDA
+        prompt = torch.randn(1, TEXT_TOKENS, SD35_MEDIUM_TRANSFORMER_CONFIG["joint_attention_dim"])
+        pooled = torch.randn(1, SD35_MEDIUM_TRANSFORMER_CONFIG["pooled_projection_dim"])
+        predictor = MaskPredictor(vae, transformer, prompt, pooled, timestep=999.0)
+        tracker = StepMemTracker()
+        tracker.track_external(transformer, vae, optimizer)
+        with tracker:
+            for step in range(args.steps):
+                step_start = time.perf_counter()
+                pixels = torch.rand(args.batch_size, 3, side, side) * 2 - 1
+                masks = torch.rand(args.batch_size, 3, side, side).round() * 2 - 1
+                tracker.reset_mod_stats()
+                image_latents = encode_latents(vae, pixels)
+                tracker.reset_mod_stats()
+                mask_latents = encode_latents(vae, masks)
+                tracker.reset_mod_stats()
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    predicted = predictor.predict_latents(image_latents.float())
+                print(f"{label} step {step + 1}/{args.steps}: forward done "
+                      f"({time.perf_counter() - step_start:.0f} s)", flush=True)
+                loss = LOSSES["latent_mse"](predicted, mask_latents)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                del predicted, loss
+                print(f"{label} step {step + 1}/{args.steps}: backward + AdamW done "
+                      f"({time.perf_counter() - step_start:.0f} s)", flush=True)
+        if any(p.grad is not None for p in vae.parameters()):
+            raise RuntimeError("the frozen VAE received gradients: the estimate would not match trainer.py")
+        stats = tracker.memory_tracking[transformer].snapshots
+        moments = {"overall peak": breakdown(tracker.get_tracker_snapshot("peak"))}
+        for state_name, state in (("transformer forward peak", "Peak-Forward"), ("transformer backward peak", "Peak-Backward")):
+            snapshots = [s for key, value in stats.items() if key.value == state for s in value]
+            if snapshots:
+                moments[state_name] = max((breakdown(s) for s in snapshots), key=lambda b: b["total"])
+        params, copies = count_parameters(transformer), autocast_copy_bytes(transformer)
+    seconds = time.perf_counter() - started
+    return MemoryRun(gradient_checkpointing, params, moments["overall peak"], moments, copies, seconds)
+
+
+def autocast_copy_bytes(model: torch.nn.Module) -> int:
+    """Bytes of the bf16 copies bf16 autocast makes of the weights of linear and conv layers (fp32 master weights)."""
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear | torch.nn.Conv2d)]
+    return 2 * sum(p.numel() for layer in layers for p in layer.parameters(recurse=False))
+
+
+def option_estimates(run: MemoryRun, num_gpus: int) -> dict[str, tuple[int, int]]:
+    """(low, high) peak bytes per GPU for each memory option: the maximum over the tracked moments.
+
+    fp32 AdamW: tracked (low = high). 8-bit AdamW: the two fp32 states (8 B/param) replaced by 8-bit ones
+    (2 B/param; block scales ignored). ZeRO-2 + optimizer offload: fp32 master weights and optimizer states leave the
+    GPU, bf16 working weights (2 B/param) stay, each rank keeps 1/num_gpus of the gradients; the tracked activations
+    include autocast's bf16 weight copies, which a bf16 DeepSpeed model does not make: high keeps them, low removes
+    all of them at every moment.
+    """
+    n, copies = run.transformer_params, run.autocast_copy_bytes
+    zero2 = f"ZeRO-2 + optimizer offload, {num_gpus} GPUs"
+    estimates = {"fp32 AdamW": (0, 0), "8-bit AdamW states": (0, 0), zero2: (0, 0)}
+    for moment in run.moments.values():
+        total, states, grads = moment["total"], moment["optimizer states"], moment["gradients"]
+        eight_bit = total - states + (2 * n if states else 0)
+        sharded = total - states - 4 * n + 2 * n - grads + grads // num_gpus
+        candidates = {"fp32 AdamW": (total, total), "8-bit AdamW states": (eight_bit, eight_bit)}
+        candidates[zero2] = (sharded - min(copies, moment["activations"]), sharded)
+        for option, (low, high) in candidates.items():
+            estimates[option] = (max(estimates[option][0], low), max(estimates[option][1], high))
+    return estimates
+
+
+def gib(num_bytes: float) -> str:
+    return f"{num_bytes / GIB:.1f}"
+
+
+def memory_report(args: argparse.Namespace) -> None:
+    runs = []
+    for setting in args.gradient_checkpointing:
+        runs.append(track_training_memory(args, setting == "on"))
+        print(f"(tracked in {runs[-1].seconds:.0f} s)", flush=True)
+    print_tracked_table(args, runs)
+    print_options_table(args, runs)
+
+
+def print_tracked_table(args: argparse.Namespace, runs: Sequence[MemoryRun]) -> None:
+    print(
+        f"\nTracked memory of the full-size training step, {args.resolution} px, batch {args.batch_size}: bf16 "
+        "autocast, fp32 master weights, fused fp32 AdamW, step 2 (FakeTensor + MemTracker estimate, GiB)\n"
+    )
+    kinds = ("weights", "buffers", "gradients", "optimizer states", "activations")
+    rows = []
+    for run in runs:
+        for moment, values in run.moments.items():
+            checkpointing = "on" if run.gradient_checkpointing else "off"
+            rows.append((checkpointing, moment, gib(values["total"]), *(gib(values[k]) for k in kinds)))
+    print(markdown_table(("grad ckpt", "moment", "total", *kinds), rows))
+    print(
+        "\nweights: fp32 transformer + bf16 VAE; buffers: the transformer's fp32 positional-embedding table "
+        "(pos_embed_max_size 384); activations: saved activations, temporaries and autocast's bf16 weight copies "
+        f"({gib(runs[0].autocast_copy_bytes)} GiB when all alive)."
+    )
+
+
+def print_options_table(args: argparse.Namespace, runs: Sequence[MemoryRun]) -> None:
+    print("\nMemory options, peak per GPU (GiB): fp32 AdamW rows are tracked, the others are estimates derived from "
+          "the tracked breakdown\n")
+    rows = []
+    for run in runs:
+        n = run.transformer_params
+        for option, (low, high) in option_estimates(run, args.num_gpus).items():
+            if option == "fp32 AdamW":
+                states, basis = 8 * n, "tracked"
+            elif option.startswith("8-bit"):
+                states, basis = 2 * n, "estimate: tracked - fp32 states + 2 B/param"
+            else:
+                states, basis = 0, "estimate: states + fp32 master on CPU, bf16 weights, gradients / GPUs"
+            peak = gib(high) if low == high else f"{gib(low)}-{gib(high)}"
+            checkpointing = "on" if run.gradient_checkpointing else "off"
+            rows.append((option, checkpointing, peak, gib(states), f"{100 * states / high:.0f}%", basis))
+    print(markdown_table(("option", "grad ckpt", "peak / GPU", "optimizer states on GPU", "share", "basis"), rows))
+    print(
+        "\nZeRO-2 range: the high end keeps autocast's bf16 weight copies that the tracker saw, the low end removes "
+        "them (a bf16 DeepSpeed model computes from its bf16 weights directly, so no copies); the truth is near the "
+        "low end at the forward/backward boundary. Not included: DeepSpeed's gradient buckets (reduce_bucket_size "
+        "5e8 in configs/deepspeed/zero2_offload.json, ~1 GB each in bf16, more with overlap_comm), the CUDA context "
+        "and allocator fragmentation. Host memory for the offloaded fp32 master weights and AdamW states: "
+        f"{gib(12 * runs[0].transformer_params)} GiB, shared by the {args.num_gpus} ranks (ZeRO-2 partitions them)."
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    print(run_header("# SD3.5-medium FLOPs and memory (CPU-side: meta device and FakeTensor)", torch.device("cpu")))
+    if "flops" in args.parts:
+        flops_report(args)
+    if "memory" in args.parts:
+        memory_report(args)
+
+
+if __name__ == "__main__":
+    main()
