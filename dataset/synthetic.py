@@ -250,7 +250,7 @@ def _render_glass(
     edge = np.exp(-((sdf / rng.uniform(0.8, 1.6)) ** 2))
     glass = glass + rng.choice([-1.0, 1.0]) * rng.uniform(*difficulty.edge_strength) * edge[..., None]
 
-    # Specular highlight: an elongated bright blob up-left of the centre (stuff: a diagonal sheen).
+    # Specular highlight: an elongated bright blob near the centre, mostly up-left of it (stuff: a diagonal sheen).
     if is_stuff:
         sheen_period = rng.uniform(15, 40)
         highlight = np.maximum(np.sin(2 * np.pi * (x + y) / sheen_period), 0) ** 8
@@ -324,20 +324,31 @@ def write_split(root: Path, split: str, subset: str | None, count: int, seed: in
             difficulty = HARD
         image, mask = render_scene(rng, difficulty)
         stem = f"{index:04d}"
-        Image.fromarray(image, mode="RGB").save(folder / "images" / f"{stem}.jpg", quality=JPEG_QUALITY)
-        Image.fromarray(mask, mode="L").save(folder / "masks" / f"{stem}_mask.png")
+        Image.fromarray(image).save(folder / "images" / f"{stem}.jpg", quality=JPEG_QUALITY)
+        Image.fromarray(mask).save(folder / "masks" / f"{stem}_mask.png")
+
+
+def resolve_counts(counts: dict | None = None) -> dict[tuple[str, str | None], int]:
+    """DEFAULT_COUNTS overridden by counts, whose keys are (split, subset) tuples or "train" / "test/hard" strings."""
+    resolved = dict(DEFAULT_COUNTS)
+    for key, count in (counts or {}).items():
+        if isinstance(key, str):
+            split, _, subset = key.partition("/")
+            key = (split, subset or None)
+        if key not in DEFAULT_COUNTS:
+            raise ValueError(f"unknown split {key!r}; known: {list(DEFAULT_COUNTS)}")
+        if int(count) < 0:
+            raise ValueError(f"negative count {count} for {key!r}")
+        resolved[key] = int(count)
+    return resolved
 
 
 def write_synthetic_trans10k(root: str | Path, seed: int = 0, counts: dict | None = None) -> None:
     """Write a synthetic Trans10k tree under root.
 
-    counts maps (split, subset) to a number of images, e.g. {("train", None): 8, ("test", "hard"): 3}; keys left out
-    keep DEFAULT_COUNTS, a count of 0 still creates the (empty) folders so the layout is always complete.
+    counts overrides DEFAULT_COUNTS per split, e.g. {"train": 8, "test/hard": 3} or {("train", None): 8}; a count of
+    0 still creates the (empty) folders, so the layout is always complete.
     """
     root = Path(root)
-    merged = {**DEFAULT_COUNTS, **(counts or {})}
-    unknown = set(merged) - set(DEFAULT_COUNTS)
-    if unknown:
-        raise ValueError(f"unknown (split, subset) keys {sorted(map(str, unknown))}; known: {list(DEFAULT_COUNTS)}")
-    for (split, subset), count in merged.items():
-        write_split(root, split, subset, int(count), seed)
+    for (split, subset), count in resolve_counts(counts).items():
+        write_split(root, split, subset, count, seed)
