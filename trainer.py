@@ -55,7 +55,7 @@ def build_accelerator(args: argparse.Namespace) -> Accelerator:
         log_with=report_to,
         project_config=project,
         dynamo_backend="inductor" if args.torch_compile else "no",
-        # Without CUDA, cpu=True lets `--multi_gpu --num_processes 2` run gloo ranks; DeepSpeed has its own CPU backend.
+        # No CUDA: cpu=True lets `--multi_gpu --num_processes 2` run gloo ranks; DeepSpeed has its own CPU backend.
         cpu=not torch.cuda.is_available() and not parse_flag_from_env("ACCELERATE_USE_DEEPSPEED"),
     )
 

@@ -7,12 +7,13 @@ weight values, only on the architecture, the resolution and the number of text t
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import platform
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,13 +84,33 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     "demo": Preset(
-        "demo", TINY_TRANSFORMER_CONFIG, TINY_VAE_CONFIG, DEMO_RESOLUTION, False, None, torch.float32
+        name="demo",
+        transformer_config=TINY_TRANSFORMER_CONFIG,
+        # The demo VAE's shift and scale are calibrated when demo_assets is built; they do not change the cost.
+        vae_config={**TINY_VAE_CONFIG, "shift_factor": 0.0, "scaling_factor": 1.0},
+        resolution=DEMO_RESOLUTION,
+        needs_cuda=False,
+        autocast_dtype=None,  # configs/demo.yaml: mixed_precision "no"
+        frozen_dtype=torch.float32,
     ),
     "sd35-medium": Preset(
-        "sd35-medium", SD35_MEDIUM_TRANSFORMER_CONFIG, SD35_MEDIUM_VAE_CONFIG, 1024, True, torch.bfloat16,
-        torch.bfloat16,
+        name="sd35-medium",
+        transformer_config=SD35_MEDIUM_TRANSFORMER_CONFIG,
+        vae_config=SD35_MEDIUM_VAE_CONFIG,
+        resolution=1024,
+        needs_cuda=True,
+        autocast_dtype=torch.bfloat16,
+        frozen_dtype=torch.bfloat16,
     ),
 }
+
+
+def apply_num_threads(num_threads: int | None) -> None:
+    """Set torch's intra-op threads. On a shared CPU use fewer threads than cores: OpenMP threads spin-wait at every
+    barrier, and when another process holds a core the step can run tens of times slower (measured: 40x with 2
+    threads on 2 busy cores; OMP_WAIT_POLICY=PASSIVE in the environment also avoids it)."""
+    if num_threads is not None:
+        torch.set_num_threads(num_threads)
 
 
 def resolve_device(preset: Preset, requested: str = "auto") -> torch.device:
@@ -115,23 +136,33 @@ def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    """Create floating-point tensors in `dtype` (models built in their final dtype: no copy, no cast warning)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
 def build_transformer(
     config: dict, device: torch.device | str, dtype: torch.dtype = torch.float32, seed: int = 0
 ) -> SD3Transformer2DModel:
     """Randomly initialised SD3 transformer, created directly on `device` (meta: shapes only, no memory)."""
     torch.manual_seed(seed)
-    with torch.device(device):
-        model = SD3Transformer2DModel(**config)
-    return model if str(device) == "meta" else model.to(device, dtype)
+    with torch.device(device), default_dtype(dtype):
+        return SD3Transformer2DModel(**config)
 
 
-def build_vae(config: dict, device: torch.device | str, dtype: torch.dtype = torch.float32, seed: int = 0):
+def build_vae(
+    config: dict, device: torch.device | str, dtype: torch.dtype = torch.float32, seed: int = 0
+) -> AutoencoderKL:
     """Frozen, randomly initialised AutoencoderKL in eval mode."""
     torch.manual_seed(seed)
-    with torch.device(device):
+    with torch.device(device), default_dtype(dtype):
         vae = AutoencoderKL(**config)
-    if str(device) != "meta":
-        vae = vae.to(device, dtype)
     return vae.requires_grad_(False).eval()
 
 
@@ -154,7 +185,11 @@ def token_groups(model: torch.nn.Module) -> dict[str, int]:
     """
     groups = {"image": 0, "text": 0, "per-sample": 0}
     for name, parameter in model.named_parameters():
-        if name.startswith(("time_text_embed.", "norm_out.")) or ".norm1.linear" in name or "norm1_context.linear" in name:
+        if (
+            name.startswith(("time_text_embed.", "norm_out."))
+            or ".norm1.linear" in name
+            or "norm1_context.linear" in name
+        ):
             groups["per-sample"] += parameter.numel()
         elif "context" in name or ".add_" in name or "to_add_out" in name or "norm_added_" in name:
             groups["text"] += parameter.numel()
@@ -211,7 +246,10 @@ def transformer_train_flops(config: dict, resolution: int, text_tokens: int, bat
 
     def forward() -> None:
         outputs["predicted"] = model(
-            hidden_states=latents, timestep=timestep, encoder_hidden_states=prompt, pooled_projections=pooled,
+            hidden_states=latents,
+            timestep=timestep,
+            encoder_hidden_states=prompt,
+            pooled_projections=pooled,
             return_dict=False,
         )[0]
 
@@ -236,7 +274,9 @@ def vae_flops(config: dict, resolution: int, batch_size: int = 1) -> tuple[FlopC
     vae = build_vae(config, "meta")
     factor = 2 ** (len(config["block_out_channels"]) - 1)
     pixels = torch.empty(batch_size, config["in_channels"], resolution, resolution, device="meta")
-    latents = torch.empty(batch_size, config["latent_channels"], resolution // factor, resolution // factor, device="meta")
+    latents = torch.empty(
+        batch_size, config["latent_channels"], resolution // factor, resolution // factor, device="meta"
+    )
     with torch.no_grad():
         encode = count_flops(lambda: vae.encode(pixels).latent_dist.mode())
         decode = count_flops(lambda: vae.decode(latents).sample)
@@ -326,7 +366,7 @@ def run_header(title: str, device: torch.device) -> str:
 
 def _is_number(cell: str) -> bool:
     try:
-        float(cell.rstrip("x%").replace(",", ""))
+        float(cell.strip("*").rstrip("x%").replace(",", ""))
     except ValueError:
         return False
     return True
@@ -336,7 +376,8 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> 
     """A Markdown table; columns whose cells are all numbers (or n/a) are right-aligned."""
     cells = [[str(cell) for cell in row] for row in rows]
     numeric = [
-        bool(cells) and all(_is_number(row[i]) or row[i] in ("n/a", "-") for row in cells) for i in range(len(headers))
+        bool(cells) and all(_is_number(row[i]) or row[i] in ("n/a", "-", "") for row in cells)
+        for i in range(len(headers))
     ]
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---:" if n else "---" for n in numeric) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in cells]

@@ -1,7 +1,7 @@
 """FLOPs and peak training memory of the full-size SD3.5-medium step at 1024 px, on a CPU, without running it.
 
-    python -m bench.flops_and_memory                                  # everything (~10-15 min on a 2-core CPU)
-    python -m bench.flops_and_memory --parts flops                    # FLOP counts only (~1 min)
+    python -m bench.flops_and_memory                 # everything: 6-15 min per memory row on a 2-core CPU
+    python -m bench.flops_and_memory --parts flops   # FLOP counts only (~15 s)
     python -m bench.flops_and_memory --parts memory --gradient_checkpointing off
 
 FLOPs: torch's FlopCounterMode counts the real architecture (random init, built on the meta device: no memory, no
@@ -20,9 +20,8 @@ a GPU would hold (tensor memory; no allocator fragmentation, CUDA context or lib
 from __future__ import annotations
 
 import argparse
-import contextlib
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -34,9 +33,12 @@ from bench.common import (
     SD35_MEDIUM_TRANSFORMER_CONFIG,
     SD35_MEDIUM_VAE_CONFIG,
     TEXT_TOKENS,
+    FlopCount,
+    TrainFlops,
     attention_forward_flops,
     build_transformer,
     count_parameters,
+    default_dtype,
     markdown_table,
     run_header,
     tera,
@@ -58,7 +60,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--resolution", type=int, default=1024)
     parser.add_argument("--text_tokens", type=int, default=TEXT_TOKENS, help="77 CLIP + 256 T5 tokens")
     parser.add_argument(
-        "--compare_text_tokens", type=int, nargs="*", default=[154],
+        "--compare_text_tokens",
+        type=int,
+        nargs="*",
+        default=[154],
         help="also count the transformer with these text lengths (154 = 77 CLIP + 77 T5, a common shorter setting)",
     )
     parser.add_argument("--batch_size", type=int, default=1, help="memory estimate batch size")
@@ -74,10 +79,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 # FLOPs
 
 
-def attention_counted(flops, expected_forward: int, multiple: int) -> tuple[int, bool]:
-    """(attention FLOPs found in the count, whether they match `multiple` x the analytic forward attention)."""
-    counted = flops.op_flops(*SDPA_OPS, *MATMUL_OPS)
-    return counted, abs(counted - multiple * expected_forward) <= 0.01 * multiple * expected_forward
+def attention_ops(flops: FlopCount) -> int:
+    """FLOPs of the ops attention runs as: fused SDPA kernels, or bmm after SDPA's decomposition on meta."""
+    return flops.op_flops(*SDPA_OPS, *MATMUL_OPS)
 
 
 def flops_report(args: argparse.Namespace) -> None:
@@ -88,38 +92,48 @@ def flops_report(args: argparse.Namespace) -> None:
     train = transformer_train_flops(config, args.resolution, args.text_tokens)
     print("counting VAE encode and decode ...", flush=True)
     encode, decode = vae_flops(vae_config, args.resolution)
-    attention_fwd = attention_forward_flops(config, image_tokens, args.text_tokens)
-    fwd_attention, fwd_ok = attention_counted(train.forward, attention_fwd, 1)
-    bwd_attention, bwd_ok = attention_counted(train.backward, attention_fwd, 2)
-    latent_side = args.resolution // 8
-    vae_attention = 4 * latent_side**4 * vae_config["block_out_channels"][-1]  # one mid-block attention
+    attention = attention_forward_flops(config, image_tokens, args.text_tokens)
+    vae_attention = 4 * (args.resolution // 8) ** 4 * vae_config["block_out_channels"][-1]  # the mid-block attention
     rows = [
-        ("transformer forward", tera(train.forward.total), tera(fwd_attention)),
-        ("transformer backward", tera(train.backward.total), tera(bwd_attention)),
-        ("**transformer forward + backward**", f"**{tera(train.total)}**", tera(fwd_attention + bwd_attention)),
-        ("VAE encode (one image)", tera(encode.total), tera(encode.op_flops(*SDPA_OPS, *MATMUL_OPS))),
-        ("VAE decode (one latent)", tera(decode.total), tera(decode.op_flops(*SDPA_OPS, *MATMUL_OPS))),
-        ("training step, cached latents (= transformer fwd + bwd)", tera(train.total), ""),
-        ("training step, VAE in the step (+ image and mask encode)", tera(train.total + 2 * encode.total), ""),
-        ("inference (encode + forward + decode)", tera(encode.total + train.forward.total + decode.total), ""),
+        ("transformer forward", tera(train.forward.total), tera(attention)),
+        ("transformer backward", tera(train.backward.total), tera(2 * attention)),
+        ("**transformer forward + backward**", f"**{tera(train.total)}**", tera(3 * attention)),
+        ("VAE encode (one image)", tera(encode.total), tera(vae_attention)),
+        ("VAE decode (one latent)", tera(decode.total), tera(vae_attention)),
+        ("training step, cached latents (= transformer fwd + bwd)", tera(train.total), "-"),
+        ("training step, VAE in the step (+ image and mask encode)", tera(train.total + 2 * encode.total), "-"),
+        ("inference (encode + forward + decode)", tera(encode.total + train.forward.total + decode.total), "-"),
     ]
     for tokens in args.compare_text_tokens:
         other = transformer_train_flops(config, args.resolution, tokens)
-        rows.append((f"transformer forward + backward, {tokens} text tokens", tera(other.total), ""))
-    print(f"\nFLOPs per sample at {args.resolution} px, {image_tokens} image tokens + {args.text_tokens} text tokens, "
-          "counted with FlopCounterMode (TFLOP; a multiply-add = 2 FLOPs)\n")
-    print(markdown_table(("part", "TFLOP", "of which attention (QK^T, PV)"), rows))
-    status = "yes" if fwd_ok and bwd_ok else "NO: check the count"
+        rows.append((f"transformer forward + backward, {tokens} text tokens", tera(other.total), "-"))
     print(
-        f"\nAttention counted: {status}. Analytic attention forward {tera(attention_fwd)} TFLOP "
-        f"(joint image+text attention in {config['num_layers']} blocks + image-only attention in "
-        f"{len(config['dual_attention_layers'])} dual-attention blocks); the count holds {tera(fwd_attention)} forward "
-        f"and {tera(bwd_attention)} backward (2x: dQ, dK, dV from dO). VAE mid-block attention, analytic: "
-        f"{tera(vae_attention)} TFLOP per pass. A fused flash-attention backward also recomputes QK^T "
-        f"(+{tera(attention_fwd)} TFLOP of hardware FLOPs, not counted here: model FLOPs, as MFU uses)."
+        f"\nFLOPs per sample at {args.resolution} px, {image_tokens} image tokens + {args.text_tokens} text tokens, "
+        "counted with FlopCounterMode (TFLOP; a multiply-add = 2 FLOPs)\n"
     )
-    print_six_nt(config, image_tokens, args.text_tokens, train.total, attention_fwd)
+    print(markdown_table(("part", "TFLOP (counted)", "of which attention QK^T + PV (analytic)"), rows))
+    print_attention_check(train, encode, decode, attention, vae_attention)
+    print_six_nt(config, image_tokens, args.text_tokens, train.total, attention)
     print(f"\n(FLOP counting took {time.perf_counter() - started:.0f} s)\n", flush=True)
+
+
+def print_attention_check(
+    train: TrainFlops, encode: FlopCount, decode: FlopCount, attention: int, vae_attention: int
+) -> None:
+    """Confirm the count includes attention: on meta, SDPA runs as bmm ops, which must cover the analytic FLOPs."""
+    found = [attention_ops(train.forward), attention_ops(train.backward), attention_ops(encode), attention_ops(decode)]
+    expected = (attention, 2 * attention)
+    transformer_ok = all(abs(f - e) <= 0.01 * e for f, e in zip(found[:2], expected, strict=True))
+    vae_ok = all(f >= 0.99 * vae_attention for f in found[2:])
+    status = "yes" if transformer_ok and vae_ok else "NO: the count misses attention, check FlopCounterMode's ops"
+    print(
+        f"\nAttention counted: {status}. Transformer: bmm/SDPA ops hold {tera(found[0])} TFLOP forward and "
+        f"{tera(found[1])} backward = 1x and 2x the analytic attention (joint image+text attention in every block, "
+        "plus image-only attention in the dual-attention blocks; the backward's four matmuls give dP, dV, dQ, dK). "
+        f"VAE: bmm ops hold {tera(found[2])} / {tera(found[3])} TFLOP (mid-block attention plus its q/k/v/out "
+        f"projections). A fused flash-attention backward also recomputes QK^T: +{tera(attention / 2)} TFLOP of "
+        "hardware FLOPs per sample, not counted here (model FLOPs, as MFU uses)."
+    )
 
 
 def print_six_nt(config: dict, image_tokens: int, text_tokens: int, counted: int, attention_fwd: int) -> None:
@@ -152,16 +166,6 @@ def print_six_nt(config: dict, image_tokens: int, text_tokens: int, counted: int
 # Memory
 
 
-@contextlib.contextmanager
-def default_dtype(dtype: torch.dtype) -> Iterator[None]:
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(previous)
-
-
 class StepMemTracker(MemTracker):
     """MemTracker that tolerates the per-call `reset_mod_stats()` this training step needs.
 
@@ -181,8 +185,16 @@ class StepMemTracker(MemTracker):
 
 def breakdown(snapshot: dict) -> dict[str, int]:
     """MemTracker's per-device snapshot -> bytes by kind, summed over devices."""
-    names = {"Parameter": "weights", "Buffer": "buffers", "Gradient": "gradients", "Optstate": "optimizer states",
-             "Activation": "activations", "Temp": "activations", "Other": "activations", "Total": "total"}
+    names = {
+        "Parameter": "weights",
+        "Buffer": "buffers",
+        "Gradient": "gradients",
+        "Optstate": "optimizer states",
+        "Activation": "activations",
+        "Temp": "activations",
+        "Other": "activations",
+        "Total": "total",
+    }
     result = dict.fromkeys(("weights", "buffers", "gradients", "optimizer states", "activations", "total"), 0)
     for device_snapshot in snapshot.values():
         for kind, num_bytes in device_snapshot.items():
@@ -231,21 +243,29 @@ def track_training_memory(args: argparse.Namespace, gradient_checkpointing: bool
                 tracker.reset_mod_stats()
                 with torch.autocast("cpu", dtype=torch.bfloat16):
                     predicted = predictor.predict_latents(image_latents.float())
-                print(f"{label} step {step + 1}/{args.steps}: forward done "
-                      f"({time.perf_counter() - step_start:.0f} s)", flush=True)
+                print(
+                    f"{label} step {step + 1}/{args.steps}: forward done ({time.perf_counter() - step_start:.0f} s)",
+                    flush=True,
+                )
                 loss = LOSSES["latent_mse"](predicted, mask_latents)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 del predicted, loss
-                print(f"{label} step {step + 1}/{args.steps}: backward + AdamW done "
-                      f"({time.perf_counter() - step_start:.0f} s)", flush=True)
+                print(
+                    f"{label} step {step + 1}/{args.steps}: backward + AdamW done "
+                    f"({time.perf_counter() - step_start:.0f} s)",
+                    flush=True,
+                )
         if any(p.grad is not None for p in vae.parameters()):
             raise RuntimeError("the frozen VAE received gradients: the estimate would not match trainer.py")
         stats = tracker.memory_tracking[transformer].snapshots
         moments = {"overall peak": breakdown(tracker.get_tracker_snapshot("peak"))}
-        for state_name, state in (("transformer forward peak", "Peak-Forward"), ("transformer backward peak", "Peak-Backward")):
+        for state_name, state in (
+            ("transformer forward peak", "Peak-Forward"),
+            ("transformer backward peak", "Peak-Backward"),
+        ):
             snapshots = [s for key, value in stats.items() if key.value == state for s in value]
             if snapshots:
                 moments[state_name] = max((breakdown(s) for s in snapshots), key=lambda b: b["total"])
@@ -291,7 +311,7 @@ def memory_report(args: argparse.Namespace) -> None:
     runs = []
     for setting in args.gradient_checkpointing:
         runs.append(track_training_memory(args, setting == "on"))
-        print(f"(tracked in {runs[-1].seconds:.0f} s)", flush=True)
+        print(f"(gradient checkpointing {setting}: tracked in {runs[-1].seconds:.0f} s)", flush=True)
     print_tracked_table(args, runs)
     print_options_table(args, runs)
 
@@ -316,8 +336,10 @@ def print_tracked_table(args: argparse.Namespace, runs: Sequence[MemoryRun]) -> 
 
 
 def print_options_table(args: argparse.Namespace, runs: Sequence[MemoryRun]) -> None:
-    print("\nMemory options, peak per GPU (GiB): fp32 AdamW rows are tracked, the others are estimates derived from "
-          "the tracked breakdown\n")
+    print(
+        "\nMemory options, peak per GPU (GiB): fp32 AdamW rows are tracked, the others are estimates derived from "
+        "the tracked breakdown\n"
+    )
     rows = []
     for run in runs:
         n = run.transformer_params

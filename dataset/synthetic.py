@@ -24,8 +24,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-# Mask values of Trans10k.
-BACKGROUND, STUFF, THINGS = 0, 85, 255
+# Mask values of Trans10k, as in the dataset authors' loader (Segment_Transparent_Objects): 85 things, 255 stuff.
+from dataset.transforms import STUFF_LEVEL as STUFF
+from dataset.transforms import THINGS_LEVEL as THINGS
+
+BACKGROUND = 0
 
 # (split, subset) -> number of images; subset None is the flat train split.
 DEFAULT_COUNTS: dict[tuple[str, str | None], int] = {
