@@ -1,7 +1,7 @@
 """Inference throughput, end to end and per stage: load JPEG -> VAE encode -> transformer step -> VAE decode -> PNG.
 
     python -m utils.demo_assets                                    # once: the demo data (1-2 min on a CPU)
-    python -m bench.inference_throughput --preset demo             # tiny demo model at 64 px on the demo test split
+    python -m bench.inference_throughput --preset demo --num_threads 1   # tiny demo model, 64 px, demo test split
     python -m bench.inference_throughput --preset sd35-medium --data_dir data/Trans10k   # full size, bf16: CUDA only
 
 Per batch, in the main thread and in this order (as predict.py / val_inference.py do, minus the DataLoader): load

@@ -1,6 +1,6 @@
 """Training-step throughput: samples/s, step time, peak memory and MFU over a grid of settings.
 
-    python -m bench.train_throughput --preset demo                 # tiny demo model at 64 px, CPU or GPU
+    python -m bench.train_throughput --preset demo --num_threads 1 # tiny demo model at 64 px (~9 min on 2 CPU cores)
     python -m bench.train_throughput --preset sd35-medium          # full size, 1024 px, bf16 autocast: CUDA only
     python -m bench.train_throughput --preset demo --batch_sizes 16 --compile off --cache_latents on off
 
