@@ -152,24 +152,17 @@ def build_optimizer(args: argparse.Namespace, transformer: torch.nn.Module, num_
     if args.scale_lr:
         learning_rate *= args.train_batch_size * args.gradient_accumulation_steps * num_processes
     params = [p for p in transformer.parameters() if p.requires_grad]
+    hyper = {
+        "lr": learning_rate,
+        "betas": (args.adam_beta1, args.adam_beta2),
+        "weight_decay": args.adam_weight_decay,
+        "eps": args.adam_epsilon,
+    }
     if args.use_8bit_adam:
         import bitsandbytes  # checked in check_combinations: CUDA and the package are present
 
-        return bitsandbytes.optim.AdamW8bit(
-            params,
-            lr=learning_rate,
-            betas=(args.adam_beta1, args.adam_beta2),
-            weight_decay=args.adam_weight_decay,
-            eps=args.adam_epsilon,
-        )
-    return torch.optim.AdamW(
-        params,
-        lr=learning_rate,
-        betas=(args.adam_beta1, args.adam_beta2),
-        weight_decay=args.adam_weight_decay,
-        eps=args.adam_epsilon,
-        fused=torch.cuda.is_available(),  # the fused CUDA kernel: one launch for all parameters
-    )
+        return bitsandbytes.optim.AdamW8bit(params, **hyper)
+    return torch.optim.AdamW(params, **hyper, fused=torch.cuda.is_available())  # fused: one CUDA launch for all
 
 
 def peak_memory_gb(device: torch.device) -> float:
