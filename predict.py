@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from dataset.trans10k import load_image
 from dataset.transforms import IMAGE_RESAMPLE, image_to_tensor
+from models.loading import inference_dtype
 from models.segmenter import load_predictor
 from utils.config import load_config
 from utils.image_writer import BackgroundImageWriter, raw_to_png_array
@@ -78,8 +79,7 @@ def main() -> None:
         print("predict.py: error: --input IMAGE_OR_DIR and --output DIR are required", file=sys.stderr)
         sys.exit(2)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.mixed_precision, torch.float32)
-    dtype = dtype if device.type == "cuda" else torch.float32
+    dtype = inference_dtype(args.mixed_precision, device)
     predictor = load_predictor(args, args.transformer_path or args.output_dir, device, dtype)
     loader = torch.utils.data.DataLoader(
         PredictImages(list_images(Path(args.input)), args.resolution),

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from dataset.latent_cache import CachedLatentsTrain, build_latent_cache, latent_cache_dir
 from dataset.trans10k import TrainSampler, Trans10kEval, Trans10kTrain, eval_collate, validate_split
 from models.conditioning import DEFAULT_CACHE_DIR, load_empty_prompt_embeds
-from models.loading import load_base_transformer, load_frozen_vae
+from models.loading import load_base_transformer, load_frozen_vae, precision_dtype
 from models.losses import LOSSES
 from models.segmenter import MaskPredictor, check_resolution, decode_raw_mask, encode_latents
 from utils.checkpointing import prune_checkpoints, resolve_resume_path, save_checkpoint
@@ -62,7 +62,7 @@ def build_accelerator(args: argparse.Namespace) -> Accelerator:
 
 def weight_dtype_for(accelerator: Accelerator) -> torch.dtype:
     """Frozen weights (the VAE) live in the compute precision; the trained transformer keeps fp32 master weights."""
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision, torch.float32)
+    return precision_dtype(accelerator.mixed_precision)
 
 
 def zero3_init_disabled(accelerator: Accelerator):

@@ -19,7 +19,7 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from dataset.trans10k import Sample, Trans10kEval, eval_collate, load_image, load_mask_grey, validate_split
-from models.loading import load_frozen_vae
+from models.loading import inference_dtype, load_frozen_vae
 from models.segmenter import decode_raw_mask, encode_latents, load_predictor
 from utils.config import load_config
 from utils.eval_report import format_summary_table, write_metrics_json, write_metrics_md, write_per_image_csv
@@ -51,12 +51,6 @@ def oracle_summary(args: argparse.Namespace) -> dict | None:
     return json.loads(metrics_path.read_text())["subsets"] if metrics_path.is_file() else None
 
 
-def compute_dtype(args: argparse.Namespace) -> torch.dtype:
-    if not torch.cuda.is_available():
-        return torch.float32
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.mixed_precision, torch.float32)
-
-
 def load_prediction(predictions_dir: str, subset: str, stem: str) -> torch.Tensor:
     path = Path(predictions_dir) / subset / f"{stem}.png"
     if not path.is_file():
@@ -70,7 +64,7 @@ def build_raw_source(args: argparse.Namespace, accelerator: Accelerator) -> Call
         return lambda batch: [
             load_prediction(args.predictions_dir, *key) for key in zip(batch["subset"], batch["stem"], strict=True)
         ]
-    device, dtype = accelerator.device, compute_dtype(args)
+    device, dtype = accelerator.device, inference_dtype(args.mixed_precision, accelerator.device)
     if args.oracle == "vae_roundtrip":  # the ceiling the VAE alone imposes: GT mask -> encode -> decode
         vae = load_frozen_vae(args.pretrained_model_name_or_path, args.revision, args.variant, dtype).to(device)
         return lambda batch: decode_raw_mask(vae, encode_latents(vae, batch["mask_values"].to(device)))

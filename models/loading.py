@@ -8,6 +8,16 @@ import torch
 from diffusers import AutoencoderKL, SD3Transformer2DModel
 
 
+def precision_dtype(mixed_precision: str) -> torch.dtype:
+    """The dtype of a mixed_precision setting ("no", "fp16", "bf16")."""
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision, torch.float32)
+
+
+def inference_dtype(mixed_precision: str, device: torch.device) -> torch.dtype:
+    """Evaluation and prediction weights: the configured precision on a GPU, fp32 on a CPU (bf16 is slow there)."""
+    return precision_dtype(mixed_precision) if device.type == "cuda" else torch.float32
+
+
 def load_frozen_vae(model: str, revision: str | None, variant: str | None, dtype: torch.dtype) -> AutoencoderKL:
     vae = AutoencoderKL.from_pretrained(model, subfolder="vae", revision=revision, variant=variant, torch_dtype=dtype)
     vae.requires_grad_(False)
