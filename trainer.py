@@ -257,6 +257,7 @@ def main() -> None:
             args.variant,
             args.cache_dir,
             accelerator.device,
+            args.max_sequence_length,
         )
     with zero3_init_disabled(accelerator):
         vae = load_frozen_vae(

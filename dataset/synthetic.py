@@ -32,7 +32,7 @@ BACKGROUND = 0
 
 # (split, subset) -> number of images; subset None is the flat train split.
 DEFAULT_COUNTS: dict[tuple[str, str | None], int] = {
-    ("train", None): 480,
+    ("train", None): 2400,  # ~8 s to write; measured: 5x more scenes lifted the demo's test IoU 0.38 -> 0.47
     ("validation", "easy"): 24,
     ("validation", "hard"): 24,
     ("test", "easy"): 60,
@@ -56,28 +56,34 @@ class Difficulty:
     rim_displacement: tuple[float, float]  # pixels of extra displacement along the normal near the outline
     tint_strength: tuple[float, float]
     edge_strength: tuple[float, float]  # brightness change of the rim
+    edge_width: tuple[float, float]  # pixels: width of the rim's brightness change
     highlight_strength: tuple[float, float]
 
 
+# Strengths are set so the cues survive the demo's tiny VAE (image PSNR ~14 dB: it keeps outlines and brightness, not
+# fine texture). With rims and tints 2-4x fainter the demo plateaued at test IoU 0.30-0.40 although a small pixel-space
+# CNN reached 0.9 on the same images: the VAE, not the model, lost the signal.
 EASY = Difficulty(
     num_things=(1, 2),
     stuff_probability=0.3,
     size_fraction=(0.18, 0.36),
     lens_scale_offset=(0.2, 0.4),
     rim_displacement=(1.5, 3.5),
-    tint_strength=(0.1, 0.3),
-    edge_strength=(0.12, 0.3),
-    highlight_strength=(0.3, 0.6),
+    tint_strength=(0.4, 0.7),
+    edge_strength=(0.4, 0.7),
+    edge_width=(1.5, 3.0),
+    highlight_strength=(0.6, 1.0),
 )
 HARD = Difficulty(
-    num_things=(2, 4),
+    num_things=(2, 3),
     stuff_probability=0.2,
-    size_fraction=(0.08, 0.18),
+    size_fraction=(0.12, 0.24),
     lens_scale_offset=(0.06, 0.18),
     rim_displacement=(0.5, 1.5),
-    tint_strength=(0.03, 0.12),
-    edge_strength=(0.04, 0.12),
-    highlight_strength=(0.1, 0.3),
+    tint_strength=(0.3, 0.5),
+    edge_strength=(0.3, 0.5),
+    edge_width=(1.5, 3.0),
+    highlight_strength=(0.4, 0.7),
 )
 DIFFICULTY_OF_SUBSET: dict[str | None, Difficulty] = {None: EASY, "easy": EASY, "hard": HARD}
 TRAIN_HARD_FRACTION = 0.4  # the real train split mixes easy and hard scenes
@@ -250,7 +256,7 @@ def _render_glass(
     tint = rng.uniform(0.5, 1.0, size=3)
     glass = glass * (1 - rng.uniform(*difficulty.tint_strength) * (1 - tint))
 
-    edge = np.exp(-((sdf / rng.uniform(0.8, 1.6)) ** 2))
+    edge = np.exp(-((sdf / rng.uniform(*difficulty.edge_width)) ** 2))
     glass = glass + rng.choice([-1.0, 1.0]) * rng.uniform(*difficulty.edge_strength) * edge[..., None]
 
     # Specular highlight: an elongated bright blob near the centre, mostly up-left of it (stuff: a diagonal sheen).

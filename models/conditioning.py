@@ -21,9 +21,14 @@ DEFAULT_CACHE_DIR = Path.home() / ".cache" / "transparency_sd35"
 TEXT_SUBFOLDERS = ("text_encoder", "text_encoder_2", "text_encoder_3", "tokenizer", "tokenizer_2", "tokenizer_3")
 
 
-def cache_key(model: str, revision: str | None, variant: str | None) -> str:
-    """Model id + revision + variant; a local folder also contributes its text-encoder files' sizes and mtimes."""
-    fingerprint = {"model": model, "revision": revision, "variant": variant}
+def cache_key(model: str, revision: str | None, variant: str | None, max_sequence_length: int) -> str:
+    """Model id, revision, variant and T5 length; a local folder also contributes its text-encoder files' stats."""
+    fingerprint = {
+        "model": model,
+        "revision": revision,
+        "variant": variant,
+        "max_sequence_length": max_sequence_length,
+    }
     folder = Path(model)
     if folder.is_dir():
         fingerprint["files"] = sorted(
@@ -35,17 +40,21 @@ def cache_key(model: str, revision: str | None, variant: str | None) -> str:
     return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def cache_path(cache_dir: str | Path | None, model: str, revision: str | None, variant: str | None) -> Path:
-    return (
-        Path(cache_dir or DEFAULT_CACHE_DIR)
-        / "prompt_embeds"
-        / f"empty_prompt_{cache_key(model, revision, variant)}.safetensors"
-    )
+def cache_path(
+    cache_dir: str | Path | None, model: str, revision: str | None, variant: str | None, max_sequence_length: int
+) -> Path:
+    key = cache_key(model, revision, variant, max_sequence_length)
+    return Path(cache_dir or DEFAULT_CACHE_DIR) / "prompt_embeds" / f"empty_prompt_{key}.safetensors"
 
 
 @torch.no_grad()
 def encode_empty_prompt(
-    model: str, revision: str | None, variant: str | None, device: torch.device, dtype: torch.dtype
+    model: str,
+    revision: str | None,
+    variant: str | None,
+    device: torch.device,
+    dtype: torch.dtype,
+    max_sequence_length: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the SD3 pipeline's own `encode_prompt("")`, so the conditioning is exactly what the base model saw."""
     from diffusers import StableDiffusion3Pipeline
@@ -65,7 +74,7 @@ def encode_empty_prompt(
     pipeline = StableDiffusion3Pipeline(transformer=None, vae=None, scheduler=None, **text_encoders, **tokenizers)
     pipeline.to(device)
     prompt_embeds, _, pooled_prompt_embeds, _ = pipeline.encode_prompt(
-        "", "", "", device=device, do_classifier_free_guidance=False
+        "", "", "", device=device, do_classifier_free_guidance=False, max_sequence_length=max_sequence_length
     )
     result = prompt_embeds.float().cpu(), pooled_prompt_embeds.float().cpu()
     del pipeline, text_encoders
@@ -76,22 +85,32 @@ def encode_empty_prompt(
 
 
 def load_empty_prompt_embeds(
-    model: str, revision: str | None, variant: str | None, cache_dir: str | Path | None, device: torch.device
+    model: str,
+    revision: str | None,
+    variant: str | None,
+    cache_dir: str | Path | None,
+    device: torch.device,
+    max_sequence_length: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(prompt_embeds [1, L, D], pooled_prompt_embeds [1, P]) in fp32 on CPU, from the cache or computed once.
 
+    L = the CLIP tokenizers' model_max_length (77 for SD3.5) + max_sequence_length T5 tokens.
+
     Call it under `accelerator.local_main_process_first()` so one process per machine computes and the others read.
     """
-    path = cache_path(cache_dir, model, revision, variant)
+    path = cache_path(cache_dir, model, revision, variant, max_sequence_length)
     if not path.exists():
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-        prompt_embeds, pooled = encode_empty_prompt(model, revision, variant, device, dtype)
+        prompt_embeds, pooled = encode_empty_prompt(model, revision, variant, device, dtype, max_sequence_length)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
         save_file({"prompt_embeds": prompt_embeds, "pooled_prompt_embeds": pooled}, str(tmp))
         tmp.replace(path)
         atomic_write_text(
-            path.with_suffix(".json"), json.dumps({"model": model, "revision": revision, "variant": variant})
+            path.with_suffix(".json"),
+            json.dumps(
+                {"model": model, "revision": revision, "variant": variant, "max_sequence_length": max_sequence_length}
+            ),
         )
     tensors = load_file(str(path))
     return tensors["prompt_embeds"], tensors["pooled_prompt_embeds"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import yaml
 from diffusers import AutoencoderKL, SD3Transformer2DModel
 
 
@@ -47,3 +48,25 @@ def load_trained_transformer(path: str | Path, dtype: torch.dtype) -> SD3Transfo
     transformer = SD3Transformer2DModel.from_pretrained(resolve_transformer_dir(path), torch_dtype=dtype)
     transformer.requires_grad_(False)
     return transformer.eval()
+
+
+# Settings that define what the transformer was trained to map: evaluating with other values silently changes the
+# model's input, so they must match the training run's.
+TRAINING_BOUND_KEYS = ("max_sequence_length", "timestep")
+
+
+def check_matches_training(transformer_dir: str | Path, args) -> None:
+    """Fail when args differ from the training run's config.yaml (beside transformer/ or one level up) on a key the
+    trained weights depend on. Folders without a training config (e.g. downloaded weights) are not checked."""
+    transformer_dir = resolve_transformer_dir(transformer_dir)
+    for run_dir in (transformer_dir.parent, transformer_dir.parent.parent):
+        config_file = run_dir / "config.yaml"
+        if config_file.is_file():
+            trained = yaml.safe_load(config_file.read_text()) or {}
+            for key in TRAINING_BOUND_KEYS:
+                if key in trained and trained[key] != getattr(args, key):
+                    raise ValueError(
+                        f"{key} = {getattr(args, key)}, but {transformer_dir} was trained with {key} = {trained[key]} "
+                        f"({config_file}); pass --{key} {trained[key]} or evaluate with that run's --config"
+                    )
+            return

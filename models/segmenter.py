@@ -70,10 +70,13 @@ class MaskPredictor:
 def load_predictor(args, transformer_path: str, device: torch.device, dtype: torch.dtype) -> MaskPredictor:
     """The trained predictor for evaluation and prediction: base VAE + conditioning, fine-tuned transformer."""
     from models.conditioning import load_empty_prompt_embeds
-    from models.loading import load_frozen_vae, load_trained_transformer
+    from models.loading import check_matches_training, load_frozen_vae, load_trained_transformer
 
+    check_matches_training(transformer_path, args)
     model, revision, variant = args.pretrained_model_name_or_path, args.revision, args.variant
-    prompt_embeds, pooled = load_empty_prompt_embeds(model, revision, variant, args.cache_dir, device)
+    prompt_embeds, pooled = load_empty_prompt_embeds(
+        model, revision, variant, args.cache_dir, device, args.max_sequence_length
+    )
     vae = load_frozen_vae(model, revision, variant, dtype).to(device)
     transformer = load_trained_transformer(transformer_path, dtype).to(device)
     check_resolution(args.resolution, vae, transformer.config)

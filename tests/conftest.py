@@ -45,6 +45,7 @@ def tiny_config(tiny_assets, tmp_path):
             "cache_dir": str(tiny_assets["cache"]),
             "output_dir": str(tmp_path / "run"),
             "resolution": 64,
+            "max_sequence_length": 8,  # 8 CLIP + 8 T5 text tokens, as in the demo: fast steps
             "mixed_precision": "no",  # fp32 on CPU: exact comparisons, and bf16 autocast is slow here
             "train_batch_size": 4,
             "gradient_accumulation_steps": 1,

@@ -251,6 +251,8 @@ def check_combinations(args: argparse.Namespace) -> None:
         problems.append(f"learning_rate = {args.learning_rate} must be > 0")
     if not 0.0 <= args.threshold <= 1.0:
         problems.append(f"threshold = {args.threshold} must be in [0, 1]")
+    if not 1 <= args.max_sequence_length <= 512:
+        problems.append(f"max_sequence_length = {args.max_sequence_length} must be in [1, 512] (T5's limit in SD3)")
     if not 0.0 <= args.timestep <= 1000.0:
         problems.append(f"timestep = {args.timestep} must be in [0, 1000]")
     if not 0.0 < args.random_crop_scale <= 1.0:

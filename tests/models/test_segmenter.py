@@ -1,17 +1,19 @@
 import torch
 
 from dataset.trans10k import Trans10kTrain, find_samples
-from models.conditioning import cache_path, load_empty_prompt_embeds
+from models.conditioning import cache_path, encode_empty_prompt, load_empty_prompt_embeds
 from models.loading import load_base_transformer, load_frozen_vae, resolve_transformer_dir
 from models.losses import latent_mse
 from models.segmenter import MaskPredictor, decode_raw_mask, encode_latents
+from utils.demo_assets import CLIP_MAX_LENGTH
 
 CPU = torch.device("cpu")
+T5_TOKENS = 8
 
 
 def build_predictor(tiny_assets) -> MaskPredictor:
     model = str(tiny_assets["model"])
-    prompt_embeds, pooled = load_empty_prompt_embeds(model, None, None, tiny_assets["cache"], CPU)
+    prompt_embeds, pooled = load_empty_prompt_embeds(model, None, None, tiny_assets["cache"], CPU, T5_TOKENS)
     vae = load_frozen_vae(model, None, None, torch.float32)
     transformer = load_base_transformer(model, None, None).train()
     return MaskPredictor(vae, transformer, prompt_embeds, pooled, timestep=1000.0)
@@ -25,17 +27,20 @@ def train_batch(tiny_assets, size: int = 4) -> dict:
 
 def test_conditioning_is_cached_and_matches_the_text_encoders(tiny_assets):
     model = str(tiny_assets["model"])
-    prompt_embeds, pooled = load_empty_prompt_embeds(model, None, None, tiny_assets["cache"], CPU)
-    assert cache_path(tiny_assets["cache"], model, None, None).is_file()
+    prompt_embeds, pooled = load_empty_prompt_embeds(model, None, None, tiny_assets["cache"], CPU, T5_TOKENS)
+    assert cache_path(tiny_assets["cache"], model, None, None, T5_TOKENS).is_file()
     transformer = load_base_transformer(model, None, None)
-    assert prompt_embeds.shape[-1] == transformer.config.joint_attention_dim
+    # CLIP tokens (the tokenizers' model_max_length) followed by max_sequence_length T5 tokens.
+    assert prompt_embeds.shape == (1, CLIP_MAX_LENGTH + T5_TOKENS, transformer.config.joint_attention_dim)
     assert pooled.shape == (1, transformer.config.pooled_projection_dim)
     # Read back from the cache: identical to a fresh computation by the text encoders.
-    again, again_pooled = load_empty_prompt_embeds(model, None, None, tiny_assets["cache"], CPU)
-    assert torch.equal(again, prompt_embeds) and torch.equal(again_pooled, pooled)
-    assert cache_path(tiny_assets["cache"], model, "other-revision", None) != cache_path(
-        tiny_assets["cache"], model, None, None
-    )
+    fresh, fresh_pooled = encode_empty_prompt(model, None, None, CPU, torch.float32, T5_TOKENS)
+    again, again_pooled = load_empty_prompt_embeds(model, None, None, tiny_assets["cache"], CPU, T5_TOKENS)
+    assert torch.equal(again, fresh) and torch.equal(again_pooled, fresh_pooled)
+    # Anything that changes the conditioning changes the cache file.
+    base = cache_path(tiny_assets["cache"], model, None, None, T5_TOKENS)
+    assert cache_path(tiny_assets["cache"], model, "other-revision", None, T5_TOKENS) != base
+    assert cache_path(tiny_assets["cache"], model, None, None, T5_TOKENS + 1) != base
 
 
 def test_latents_use_shift_and_scale_and_are_deterministic(tiny_assets):

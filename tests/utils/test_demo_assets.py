@@ -113,7 +113,8 @@ def test_empty_prompt_matches_the_transformer_dims(
 ) -> None:
     transformer = SD3Transformer2DModel.from_pretrained(assets["model"], subfolder="transformer")
     prompt_embeds, pooled = empty_prompt
-    assert prompt_embeds.shape == (1, 77 + 256, transformer.config.joint_attention_dim)  # CLIP tokens + T5 tokens
+    # CLIP tokens (the tiny tokenizers' model_max_length) + T5 tokens (encode_prompt's default max_sequence_length)
+    assert prompt_embeds.shape == (1, demo_assets.CLIP_MAX_LENGTH + 256, transformer.config.joint_attention_dim)
     assert pooled.shape == (1, transformer.config.pooled_projection_dim)
 
 
