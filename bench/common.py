@@ -18,10 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import yaml
 from diffusers import AutoencoderKL, SD3Transformer2DModel
 from torch.utils.flop_counter import FlopCounterMode
 
-from utils.demo_assets import DEMO_RESOLUTION, TINY_TRANSFORMER_CONFIG, TINY_VAE_CONFIG
+from utils.demo_assets import CLIP_MAX_LENGTH, DEMO_RESOLUTION, TINY_TRANSFORMER_CONFIG, TINY_VAE_CONFIG
 
 # stabilityai/stable-diffusion-3.5-medium, transformer/config.json (MMDiT-X: dual attention in the first 13 blocks).
 SD35_MEDIUM_TRANSFORMER_CONFIG: dict = {
@@ -57,9 +58,15 @@ SD35_MEDIUM_VAE_CONFIG: dict = {
     "scaling_factor": 1.5305,
 }
 
-# The empty prompt through SD3's encode_prompt: 77 CLIP tokens + 256 T5 tokens (max_sequence_length 256). The tiny
-# demo text encoders have the same sequence lengths, so both presets see 333 text tokens.
+# The empty prompt through SD3's encode_prompt: 77 CLIP tokens + 256 T5 tokens (max_sequence_length 256).
 TEXT_TOKENS = 77 + 256
+# The demo: the tiny CLIP tokenizers' length + configs/demo.yaml's max_sequence_length (8 + 8).
+DEMO_TEXT_TOKENS = (
+    CLIP_MAX_LENGTH
+    + yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "demo.yaml").read_text())[
+        "max_sequence_length"
+    ]
+)
 FIXED_TIMESTEP = 999.0  # the value does not change the cost
 
 
@@ -92,6 +99,7 @@ PRESETS: dict[str, Preset] = {
         needs_cuda=False,
         autocast_dtype=None,  # configs/demo.yaml: mixed_precision "no"
         frozen_dtype=torch.float32,
+        text_tokens=DEMO_TEXT_TOKENS,
     ),
     "sd35-medium": Preset(
         name="sd35-medium",
