@@ -7,7 +7,7 @@ LAUNCH := $(BIN)/accelerate launch --config_file configs/accelerate/cpu_1proc.ya
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: demo test lint install demo-assets clean-demo
+.PHONY: demo test lint install demo-assets clean-demo device-wheels
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -34,3 +34,8 @@ lint: install
 
 clean-demo:
 	rm -rf demo_assets outputs/demo
+
+# What bench/gpu_rows.sh needs on the GPU machine beyond its image (torch, accelerate, transformers are there).
+device-wheels: install
+	$(BIN)/pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux2014_x86_64 -d .whl diffusers==0.42.1 importlib_metadata
