@@ -35,7 +35,12 @@ lint: install
 clean-demo:
 	rm -rf demo_assets outputs/demo
 
-# What bench/gpu_rows.sh needs on the GPU machine beyond its image (torch, accelerate, transformers are there).
+# What bench/gpu_rows.sh needs on the GPU machine beyond its image (torch, accelerate, transformers are there):
+# diffusers, and deepspeed (no binary wheel on PyPI: built here, pure Python; its ops compile there on first use)
+# with the pydantic pair its config needs. Versions as in requirements.txt and this venv.
 device-wheels: install
 	$(BIN)/pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-		--platform manylinux2014_x86_64 -d .whl diffusers==0.42.1 importlib_metadata
+		--platform manylinux2014_x86_64 -d .whl diffusers==0.42.1 importlib_metadata==10.2.0 hjson==3.1.0 \
+		pydantic==2.14.4 pydantic_core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 \
+		typing_extensions==4.16.0
+	$(BIN)/pip wheel --quiet --no-deps --no-build-isolation -w .whl deepspeed==0.19.8
