@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import yaml
 from diffusers import AutoencoderKL, SD3Transformer2DModel
 from torch.utils.flop_counter import FlopCounterMode
 
+from utils.config import REPO_ROOT, parse_config
 from utils.demo_assets import CLIP_MAX_LENGTH, DEMO_RESOLUTION, TINY_TRANSFORMER_CONFIG, TINY_VAE_CONFIG
 
 # stabilityai/stable-diffusion-3.5-medium, transformer/config.json (MMDiT-X: dual attention in the first 13 blocks).
@@ -62,10 +62,7 @@ SD35_MEDIUM_VAE_CONFIG: dict = {
 TEXT_TOKENS = 77 + 256
 # The demo: the tiny CLIP tokenizers' length + configs/demo.yaml's max_sequence_length (8 + 8).
 DEMO_TEXT_TOKENS = (
-    CLIP_MAX_LENGTH
-    + yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "demo.yaml").read_text())[
-        "max_sequence_length"
-    ]
+    CLIP_MAX_LENGTH + parse_config(["--config", str(REPO_ROOT / "configs" / "demo.yaml")])[0].max_sequence_length
 )
 FIXED_TIMESTEP = 999.0  # the value does not change the cost
 
@@ -84,9 +81,12 @@ class Preset:
     text_tokens: int = TEXT_TOKENS
 
     @property
+    def latent_side(self) -> int:
+        return self.resolution // 2 ** (len(self.vae_config["block_out_channels"]) - 1)
+
+    @property
     def image_tokens(self) -> int:
-        latent_side = self.resolution // 2 ** (len(self.vae_config["block_out_channels"]) - 1)
-        return (latent_side // self.transformer_config["patch_size"]) ** 2
+        return (self.latent_side // self.transformer_config["patch_size"]) ** 2
 
 
 PRESETS: dict[str, Preset] = {

@@ -8,7 +8,7 @@ The step is the trainer's under DeepSpeed: cached latents in, transformer forwar
 for demo), latent MSE, engine.backward, engine.step with DeepSpeedCPUAdam holding the fp32 master weights and AdamW
 states in host memory (what Accelerate substitutes for torch's AdamW when the optimizer is offloaded). ZeRO-2 splits
 gradients across ranks, so one process holds all of them: its peak bounds the per-GPU peak of more processes from
-above. Rows: batch size x gradient checkpointing; 2 warm-up + 3 measured steps each.
+above. Rows: batch size x gradient checkpointing; 2 warm-up + 3 measured steps each (median step time).
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 
 import torch
 
@@ -26,12 +25,13 @@ from bench.common import (
     build_transformer,
     conditioning,
     markdown_table,
+    median,
     peak_memory_gib,
     peak_memory_label,
     reset_peak_memory,
     resolve_device,
     run_header,
-    synchronize,
+    time_calls,
 )
 from models.losses import LOSSES
 from models.segmenter import MaskPredictor
@@ -85,10 +85,10 @@ def measure_row(preset, device: torch.device, batch_size: int, checkpointing: bo
     )
     prompt, pooled = conditioning(preset.transformer_config, preset.text_tokens, device)
     predictor = MaskPredictor(None, engine, prompt, pooled, FIXED_TIMESTEP)  # the VAE is not needed from latents
-    latent_side = preset.resolution // 8
+    shape = (batch_size, preset.transformer_config["in_channels"], preset.latent_side, preset.latent_side)
     generator = torch.Generator().manual_seed(0)
-    image_latents = torch.randn(batch_size, 16, latent_side, latent_side, generator=generator).to(device)
-    mask_latents = torch.randn(batch_size, 16, latent_side, latent_side, generator=generator).to(device)
+    image_latents = torch.randn(shape, generator=generator).to(device)
+    mask_latents = torch.randn(shape, generator=generator).to(device)
 
     def step() -> float:
         loss = LOSSES["latent_mse"](predictor.predict_latents(image_latents), mask_latents)
@@ -96,16 +96,10 @@ def measure_row(preset, device: torch.device, batch_size: int, checkpointing: bo
         engine.step()
         return loss.item()
 
-    for _ in range(2):
-        step()
-    synchronize(device)
+    time_calls(step, 2, 0, device)  # warm-up: optimizer states and DeepSpeed buffers appear in the first steps
     reset_peak_memory(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    synchronize(device)
-    seconds = (time.perf_counter() - start) / steps
-    return {"peak_gib": peak_memory_gib(device), "step_seconds": seconds}
+    times = time_calls(step, 0, steps, device)
+    return {"peak_gib": peak_memory_gib(device), "step_seconds": median(times)}
 
 
 def main() -> None:
