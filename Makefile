@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 DEMO_CONFIG := configs/demo.yaml
+# The torch requirement, written once in requirements.txt and installed first on its own.
+TORCH_PIN := $(shell grep -E '^torch[<>=!~ ]' requirements.txt)
 LAUNCH := $(BIN)/accelerate launch --config_file configs/accelerate/cpu_1proc.yaml
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
@@ -12,7 +14,8 @@ export TOKENIZERS_PARALLELISM ?= false
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	# torch first with its own pin: a range that admits 2.14 pulls a multi-GB CUDA build on CPU machines.
-	$(BIN)/pip install --quiet "torch>=2.4,<2.14"
+	test -n '$(TORCH_PIN)' || { echo 'requirements.txt has no torch line'; exit 1; }
+	$(BIN)/pip install --quiet "$(TORCH_PIN)"
 	$(BIN)/pip install --quiet -r requirements.txt -r requirements-dev.txt
 	touch $@
 

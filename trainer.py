@@ -15,6 +15,7 @@ import logging
 import math
 import resource
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import DistributedType, ProjectConfiguration, parse_flag_from_env, set_seed
 from diffusers import SD3Transformer2DModel
-from diffusers.optimization import get_scheduler
+from diffusers.optimization import get_cosine_schedule_with_warmup, get_scheduler
 from tqdm.auto import tqdm
 
 from dataset.latent_cache import CachedLatentsTrain, build_latent_cache, latent_cache_dir
@@ -31,10 +32,11 @@ from dataset.trans10k import TrainSampler, Trans10kEval, Trans10kTrain, eval_col
 from models.conditioning import DEFAULT_CACHE_DIR, load_empty_prompt_embeds
 from models.loading import load_base_transformer, load_frozen_vae, precision_dtype
 from models.losses import LOSSES
+from models.saving import write_transformer
 from models.segmenter import MaskPredictor, check_resolution, decode_raw_mask, encode_latents
-from utils.checkpointing import prune_checkpoints, resolve_resume_path, save_checkpoint
+from utils.checkpointing import recover_interrupted_save, resolve_resume_path, save_checkpoint
 from utils.config import load_config
-from utils.deepspeed_check import check_deepspeed_config
+from utils.deepspeed_check import check_deepspeed_config, check_launch_matches_request
 from utils.evaluation import score_batch, to_uint8_image
 from utils.image_writer import render_panel
 from utils.metrics import summarize
@@ -55,6 +57,9 @@ def build_accelerator(args: argparse.Namespace) -> Accelerator:
         log_with=report_to,
         project_config=project,
         dynamo_backend="inductor" if args.torch_compile else "no",
+        # The loop steps the scheduler once per optimizer step itself: the schedule then counts optimizer steps as
+        # config.yaml does, whatever the number of processes (by default Accelerate steps it once per process).
+        step_scheduler_with_optimizer=False,
         # No CUDA: cpu=True lets `--multi_gpu --num_processes 2` run gloo ranks; DeepSpeed has its own CPU backend.
         cpu=not torch.cuda.is_available() and not parse_flag_from_env("ACCELERATE_USE_DEEPSPEED"),
     )
@@ -122,16 +127,22 @@ def batch_latents(vae, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     return encode_latents(vae, batch["pixel_values"]), encode_latents(vae, batch["mask_values"])
 
 
+def save_transformer(accelerator: Accelerator, model: torch.nn.Module, directory: Path) -> None:
+    """The full transformer as a `from_pretrained` folder; under ZeRO-3 its shards are gathered first.
+
+    Call it on every rank (the gather is a collective); only the main process writes.
+    """
+    state_dict = accelerator.get_state_dict(model)
+    if accelerator.is_main_process:
+        write_transformer(accelerator.unwrap_model(model), state_dict, directory)
+
+
 def register_checkpoint_hooks(accelerator: Accelerator) -> None:
     """Checkpoints hold the transformer as a `save_pretrained` folder (loadable on its own) plus the training state."""
 
     def save_hook(models, weights, output_dir):
         for model in models:
-            state_dict = accelerator.get_state_dict(model)  # gathers ZeRO-3 shards; a collective on every rank
-            if accelerator.is_main_process:
-                accelerator.unwrap_model(model).save_pretrained(
-                    Path(output_dir) / "transformer", state_dict=state_dict
-                )
+            save_transformer(accelerator, model, Path(output_dir) / "transformer")
             if weights:
                 weights.pop()  # already saved: keep Accelerate from writing a second copy
 
@@ -217,9 +228,31 @@ def check_replicas_agree(accelerator: Accelerator, transformer: torch.nn.Module)
     return checksums
 
 
-def train_steps_plan(args, train_loader, num_processes: int) -> tuple[int, int, int]:
-    """(optimizer steps per epoch, total optimizer steps, epochs) after Accelerate has sharded the loader."""
-    steps_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
+def build_lr_scheduler(args: argparse.Namespace, optimizer: torch.optim.Optimizer, max_train_steps: int):
+    """Counted in optimizer steps (the loop steps it once per optimizer step): warm-up over lr_warmup_steps, the end
+    of the schedule at max_train_steps, on any number of processes and with any accumulation."""
+    if args.lr_scheduler == "cosine":  # diffusers' get_scheduler ignores num_cycles for cosine: pass it here
+        return get_cosine_schedule_with_warmup(
+            optimizer, args.lr_warmup_steps, max_train_steps, num_cycles=args.lr_num_cycles
+        )
+    return get_scheduler(
+        args.lr_scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=args.lr_warmup_steps,
+        num_training_steps=max_train_steps,
+        num_cycles=args.lr_num_cycles,
+        power=args.lr_power,
+    )
+
+
+def sharded_batches(train_loader: torch.utils.data.DataLoader, num_processes: int) -> int:
+    """Batches each rank sees per epoch once Accelerate shards the loader (drop_last: whole rounds of batches only)."""
+    return len(train_loader) // num_processes
+
+
+def train_steps_plan(args, batches_per_rank: int, num_processes: int) -> tuple[int, int, int]:
+    """(optimizer steps per epoch, total optimizer steps, epochs) for the loader as each rank sees it."""
+    steps_per_epoch = math.ceil(batches_per_rank / args.gradient_accumulation_steps)
     if steps_per_epoch == 0:
         raise ValueError(
             f"train split has fewer images than one global batch ({args.train_batch_size} x {num_processes} "
@@ -229,19 +262,43 @@ def train_steps_plan(args, train_loader, num_processes: int) -> tuple[int, int, 
     return steps_per_epoch, max_steps, math.ceil(max_steps / steps_per_epoch)
 
 
-def main() -> None:
-    args = load_config()
+@dataclass
+class TrainingRun:
+    """Everything the loop needs, built once by `build` (prepared by Accelerate where it applies)."""
+
+    vae: torch.nn.Module
+    transformer: torch.nn.Module
+    predictor: MaskPredictor
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: object
+    train_loader: torch.utils.data.DataLoader
+    val_loader: torch.utils.data.DataLoader | None
+    steps_per_epoch: int
+    max_train_steps: int
+    num_epochs: int
+
+
+def set_up(args: argparse.Namespace) -> Accelerator:
+    """Accelerator, logging and seed; stop at once if the launch is not what was asked; tidy a killed save."""
     accelerator = build_accelerator(args)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    set_seed(args.seed)
-    if accelerator.is_main_process:
-        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
-        write_run_snapshot(args, args.output_dir)
+    check_launch_matches_request(accelerator)
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
         check_deepspeed_config(accelerator.state.deepspeed_plugin.deepspeed_config, args, accelerator.num_processes)
+    set_seed(args.seed)
     if torch.cuda.is_available() and args.allow_tf32:
         torch.backends.cuda.matmul.allow_tf32 = True
+    if accelerator.is_main_process:
+        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+        for action in recover_interrupted_save(args.output_dir):
+            logger.info(action)
+        write_run_snapshot(args, args.output_dir)
+    accelerator.wait_for_everyone()
+    return accelerator
 
+
+def build(args: argparse.Namespace, accelerator: Accelerator) -> TrainingRun:
+    """Data checked first, then the frozen pieces, the transformer, loaders, optimizer and schedule, all prepared."""
     # Validate the data layout before loading any model: a broken pair fails in seconds, not hours into an epoch.
     train_samples = validate_split(args.dataset_path, "train")
     val_samples = None
@@ -273,21 +330,29 @@ def main() -> None:
     train_loader, val_loader = build_dataloaders(
         args, build_train_dataset(args, train_samples, vae, accelerator), val_samples
     )
+    batches_per_rank = sharded_batches(train_loader, accelerator.num_processes)
+    steps_per_epoch, max_train_steps, num_epochs = train_steps_plan(args, batches_per_rank, accelerator.num_processes)
     optimizer = build_optimizer(args, transformer, accelerator.num_processes)
+    lr_scheduler = build_lr_scheduler(args, optimizer, max_train_steps)
     register_checkpoint_hooks(accelerator)
-    transformer, optimizer, train_loader = accelerator.prepare(transformer, optimizer, train_loader)
+    # One prepare call for all four, as in diffusers' examples: under DeepSpeed, Accelerate binds the scheduler to the
+    # engine's optimizer and saves it in checkpoints only when it is prepared together with the model.
+    transformer, optimizer, train_loader, lr_scheduler = accelerator.prepare(
+        transformer, optimizer, train_loader, lr_scheduler
+    )
+    if len(train_loader) != batches_per_rank:
+        raise RuntimeError(
+            f"the schedule was planned for {batches_per_rank} batches per rank and epoch, but the prepared loader "
+            f"has {len(train_loader)}; please report this with your accelerate version"
+        )
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        # Accelerate hands DeepSpeed a new CPU-Adam built on the same param_group dicts, but the scheduler still holds
+        # the original optimizer; a resume loads new dicts into DeepSpeed's optimizer and the LR would stop changing
+        # (measured: 7.5e-4 for steps 5-8 of an 8-step cosine). Bind it to the prepared optimizer, which always
+        # passes through to the param groups DeepSpeed steps with.
+        lr_scheduler.scheduler.optimizer = optimizer
     if val_loader is not None:
         val_loader = accelerator.prepare(val_loader)
-    steps_per_epoch, max_train_steps, num_epochs = train_steps_plan(args, train_loader, accelerator.num_processes)
-    lr_scheduler = get_scheduler(
-        args.lr_scheduler,
-        optimizer=optimizer,
-        num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
-        num_training_steps=max_train_steps * accelerator.num_processes,  # the prepared scheduler steps once per rank
-        num_cycles=args.lr_num_cycles,
-        power=args.lr_power,
-    )
-    lr_scheduler = accelerator.prepare(lr_scheduler)
     predictor = MaskPredictor(
         vae,
         transformer,
@@ -295,53 +360,83 @@ def main() -> None:
         pooled_prompt_embeds.to(accelerator.device),
         args.timestep,
     )
-    loss_fn = LOSSES[args.loss]
-
     if accelerator.is_main_process:
         tracker_config = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in vars(args).items()}
         accelerator.init_trackers(args.tracker_project_name, config=tracker_config)
+    return TrainingRun(
+        vae,
+        transformer,
+        predictor,
+        optimizer,
+        lr_scheduler,
+        train_loader,
+        val_loader,
+        steps_per_epoch,
+        max_train_steps,
+        num_epochs,
+    )
 
-    global_step, first_epoch, skip_batches = 0, 0, 0
+
+def resume(args: argparse.Namespace, accelerator: Accelerator, run: TrainingRun) -> tuple[int, int, int]:
+    """(global step, first epoch, batches to skip in it): from a checkpoint, or (0, 0, 0) for a fresh start."""
     resume_path = resolve_resume_path(args.resume_from_checkpoint, args.output_dir)
-    if resume_path is None and args.resume_from_checkpoint == "latest":
-        logger.info(f"resume_from_checkpoint=latest: no complete checkpoint in {args.output_dir}; starting fresh")
-    if resume_path is not None:
-        accelerator.load_state(str(resume_path))
-        global_step = json.loads((resume_path / "checkpoint.json").read_text())["step"]
-        first_epoch = global_step // steps_per_epoch
-        skip_batches = (global_step % steps_per_epoch) * args.gradient_accumulation_steps
-        logger.info(f"resumed from {resume_path} at step {global_step} (epoch {first_epoch}, skip {skip_batches})")
+    if resume_path is None:
+        if args.resume_from_checkpoint == "latest":
+            logger.info(f"resume_from_checkpoint=latest: no complete checkpoint in {args.output_dir}; starting fresh")
+        return 0, 0, 0
+    accelerator.load_state(str(resume_path))  # weights, optimizer, LR schedule, RNG states
+    global_step = json.loads((resume_path / "checkpoint.json").read_text())["step"]
+    first_epoch = global_step // run.steps_per_epoch
+    skip_batches = (global_step % run.steps_per_epoch) * args.gradient_accumulation_steps
+    logger.info(f"resumed from {resume_path} at step {global_step} (epoch {first_epoch}, skip {skip_batches})")
+    return global_step, first_epoch, skip_batches
 
+
+def train(args: argparse.Namespace, accelerator: Accelerator, run: TrainingRun, start: tuple[int, int, int]):
+    """The training loop; returns (optimizer steps done, last validation metrics)."""
+    global_step, first_epoch, skip_batches = start
+    transformer, optimizer, lr_scheduler = run.transformer, run.optimizer, run.lr_scheduler
+    loss_fn = LOSSES[args.loss]
     total_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
-    logger.info(f"steps: {max_train_steps} ({num_epochs} epochs x {steps_per_epoch}); global batch {total_batch}")
+    logger.info(
+        f"steps: {run.max_train_steps} ({run.num_epochs} epochs x {run.steps_per_epoch}); global batch {total_batch}"
+    )
     progress = tqdm(
-        range(max_train_steps), initial=global_step, desc="steps", disable=not accelerator.is_local_main_process
+        range(run.max_train_steps), initial=global_step, desc="steps", disable=not accelerator.is_local_main_process
     )
     last_metrics, window_start, window_samples = {}, time.perf_counter(), 0
+    window_loss, window_batches = torch.zeros((), device=accelerator.device), 0
 
-    for epoch in range(first_epoch, num_epochs):
-        train_loader.set_epoch(epoch)  # the sampler's permutation and augmentation seeds depend on (seed, epoch)
-        active_loader = train_loader
+    for epoch in range(first_epoch, run.num_epochs):
+        run.train_loader.set_epoch(epoch)  # the sampler's permutation and augmentation seeds depend on (seed, epoch)
+        active_loader = run.train_loader
         if epoch == first_epoch and skip_batches:
-            active_loader = accelerator.skip_first_batches(train_loader, skip_batches)
+            active_loader = accelerator.skip_first_batches(run.train_loader, skip_batches)
         for batch in active_loader:
             with accelerator.accumulate(transformer):
-                image_latents, mask_latents = batch_latents(vae, batch)
+                image_latents, mask_latents = batch_latents(run.vae, batch)
                 with accelerator.autocast():
-                    predicted = predictor.predict_latents(image_latents)
+                    predicted = run.predictor.predict_latents(image_latents)
                 loss = loss_fn(predicted, mask_latents)
-                mean_loss = accelerator.gather(loss.detach()).mean().item()  # every rank sees the same value
-                if not math.isfinite(mean_loss):  # stop before the bad gradient reaches the weights
-                    raise FloatingPointError(
-                        f"non-finite training loss {mean_loss} at step {global_step + 1} (epoch {epoch}); the last "
-                        f"good checkpoint in {args.output_dir} is untouched. Lower learning_rate or check the data."
-                    )
+                window_loss, window_batches = window_loss + loss.detach(), window_batches + 1
+                if accelerator.sync_gradients:
+                    # One host sync per optimizer step, before it (DeepSpeed steps inside backward): the mean loss
+                    # of the accumulation window over all ranks, and the LR this step uses.
+                    mean_loss = accelerator.gather(window_loss).mean().item() / window_batches
+                    step_lr = optimizer.param_groups[0]["lr"]
+                    if not math.isfinite(mean_loss):  # stop before the bad gradient reaches the weights
+                        raise FloatingPointError(
+                            f"non-finite training loss {mean_loss} at step {global_step + 1} (epoch {epoch}); the "
+                            f"last good checkpoint in {args.output_dir} is untouched. Lower learning_rate or check "
+                            "the data."
+                        )
                 accelerator.backward(loss)
                 grad_norm = None
                 if accelerator.sync_gradients and accelerator.distributed_type != DistributedType.DEEPSPEED:
                     grad_norm = accelerator.clip_grad_norm_(transformer.parameters(), args.max_grad_norm)
                 optimizer.step()
-                lr_scheduler.step()
+                if accelerator.sync_gradients and not optimizer.step_was_skipped:
+                    lr_scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
 
             window_samples += image_latents.shape[0] * accelerator.num_processes
@@ -349,53 +444,62 @@ def main() -> None:
                 continue
             global_step += 1
             progress.update(1)
-            elapsed = time.perf_counter() - window_start
             logs = {
                 "train/loss": mean_loss,
-                "train/lr": lr_scheduler.get_last_lr()[0],
-                "train/samples_per_s": window_samples / elapsed,
+                "train/lr": step_lr,
+                "train/samples_per_s": window_samples / (time.perf_counter() - window_start),
                 "train/peak_memory_gb": peak_memory_gb(accelerator.device),
             }
             if grad_norm is not None:
                 logs["train/grad_norm"] = float(grad_norm)
             accelerator.log(logs, step=global_step)
-            progress.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{logs['train/lr']:.2e}")
+            progress.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{step_lr:.2e}")
+            window_loss, window_batches = torch.zeros((), device=accelerator.device), 0
 
-            if global_step % args.checkpointing_steps == 0 or global_step == max_train_steps:
-                if accelerator.is_main_process:
-                    prune_checkpoints(args.output_dir, args.checkpoints_total_limit)
+            if global_step % args.checkpointing_steps == 0 or global_step == run.max_train_steps:
                 path = save_checkpoint(
                     accelerator.save_state,
                     args.output_dir,
                     global_step,
                     {"epoch": epoch, "loss": mean_loss},
+                    args.checkpoints_total_limit,
                     accelerator.is_main_process,
                     accelerator.wait_for_everyone,
                 )
                 logger.info(f"saved {path}")
-            if val_loader is not None and (global_step % args.validation_steps == 0 or global_step == max_train_steps):
+            if run.val_loader is not None and (
+                global_step % args.validation_steps == 0 or global_step == run.max_train_steps
+            ):
                 transformer.eval()
-                last_metrics = run_validation(predictor, val_loader, accelerator, args, global_step)
+                last_metrics = run_validation(run.predictor, run.val_loader, accelerator, args, global_step)
                 transformer.train()
                 logger.info(f"step {global_step}: " + ", ".join(f"{k} {v:.4f}" for k, v in last_metrics.items()))
             window_start, window_samples = time.perf_counter(), 0  # throughput excludes checkpoints and validation
-            if global_step >= max_train_steps:
-                break
-        if global_step >= max_train_steps:
-            break
+            if global_step >= run.max_train_steps:
+                return global_step, last_metrics
+    return global_step, last_metrics
 
+
+def finish(args: argparse.Namespace, accelerator: Accelerator, run: TrainingRun, steps: int, metrics: dict) -> None:
+    """The final transformer/ (gathered under ZeRO-3), model card and summary."""
     accelerator.wait_for_everyone()
-    rank_checksums = check_replicas_agree(accelerator, transformer)
-    final_state = accelerator.get_state_dict(transformer)
+    rank_checksums = check_replicas_agree(accelerator, run.transformer)
+    save_transformer(accelerator, run.transformer, Path(args.output_dir) / "transformer")
     if accelerator.is_main_process:
-        accelerator.unwrap_model(transformer).save_pretrained(
-            Path(args.output_dir) / "transformer", state_dict=final_state
-        )
-        write_model_card(args, Path(args.output_dir), global_step, last_metrics)
-        summary = {"steps": global_step, "final_validation": last_metrics, "rank_weight_checksums": rank_checksums}
+        write_model_card(args, Path(args.output_dir), steps, metrics)
+        summary = {"steps": steps, "final_validation": metrics, "rank_weight_checksums": rank_checksums}
         atomic_write_text(Path(args.output_dir) / "train_summary.json", json.dumps(summary, indent=2) + "\n")
-        logger.info(f"saved {Path(args.output_dir) / 'transformer'}; final validation: {last_metrics}")
+        logger.info(f"saved {Path(args.output_dir) / 'transformer'}; final validation: {metrics}")
     accelerator.end_training()
+
+
+def main() -> None:
+    args = load_config(training=True)
+    accelerator = set_up(args)
+    run = build(args, accelerator)
+    start = resume(args, accelerator, run)
+    steps, metrics = train(args, accelerator, run, start)
+    finish(args, accelerator, run, steps, metrics)
 
 
 if __name__ == "__main__":

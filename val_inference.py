@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from dataset.trans10k import Sample, Trans10kEval, eval_collate, load_image, load_mask_grey, validate_split
-from models.loading import inference_dtype, load_frozen_vae
+from models.loading import inference_dtype, load_frozen_vae, resolve_transformer_dir
 from models.segmenter import decode_raw_mask, encode_latents, load_predictor
 from utils.config import load_config
 from utils.eval_report import format_summary_table, write_metrics_json, write_metrics_md, write_per_image_csv
@@ -28,22 +29,39 @@ from utils.image_writer import BackgroundImageWriter, png_to_raw, raw_to_png_arr
 from utils.metrics import ImageScore, resize_raw, summarize_subsets, sweep_histogram, threshold_sweep, worst_k
 from utils.run_snapshot import write_run_snapshot
 
+# The trainer's checkpoint folders (utils/checkpointing.py names them the same way).
+_CHECKPOINT_NAME = re.compile(r"checkpoint-\d+")
+
+
+def model_eval_location(transformer_path: str | Path) -> tuple[Path, str]:
+    """(folder, name prefix) of a model's default evaluation: `<run>/eval-...` for a run's final model,
+    `<run>/eval-checkpoint-<N>-...` for one of its checkpoints, `<folder>/eval-...` for any other weights folder."""
+    transformer_dir = resolve_transformer_dir(transformer_path).resolve()
+    model_dir = transformer_dir.parent if transformer_dir.name == "transformer" else transformer_dir
+    if _CHECKPOINT_NAME.fullmatch(model_dir.name):
+        return model_dir.parent, f"{model_dir.name}-"
+    return model_dir, ""
+
 
 def eval_output_dir(args: argparse.Namespace) -> Path:
-    """Default folder name says split, resolution, threshold, protocol and what was scored."""
+    """Default folder name says split, resolution, threshold, protocol and what was scored.
+
+    A model's results go beside that model, so evaluating two checkpoints (or two runs) never overwrites one with
+    the other. The VAE oracle and saved predictions involve no trained transformer: they go under output_dir."""
     if args.eval_output_dir:
         return Path(args.eval_output_dir)
-    source = "-oracle_vae_roundtrip" if args.oracle else ""
+    settings = f"{args.split}-{args.resolution}px-thr{args.threshold:g}-{args.eval_protocol}"
+    if args.oracle:
+        return Path(args.output_dir) / f"eval-{settings}-oracle_{args.oracle}"
     if args.predictions_dir:
-        source = f"-predictions_{Path(args.predictions_dir).name}"
-    return (
-        Path(args.output_dir)
-        / f"eval-{args.split}-{args.resolution}px-thr{args.threshold:g}-{args.eval_protocol}{source}"
-    )
+        return Path(args.output_dir) / f"eval-{settings}-predictions_{Path(args.predictions_dir).name}"
+    folder, prefix = model_eval_location(args.transformer_path or args.output_dir)
+    return folder / f"eval-{prefix}{settings}"
 
 
 def oracle_summary(args: argparse.Namespace) -> dict | None:
-    """The VAE ceiling from an earlier `--oracle vae_roundtrip` run with the same settings, shown beside the model."""
+    """The VAE ceiling from an earlier `--oracle vae_roundtrip` run with the same settings (in its default folder
+    under output_dir), shown beside the model."""
     if args.oracle or args.predictions_dir:
         return None
     path = eval_output_dir(argparse.Namespace(**{**vars(args), "oracle": "vae_roundtrip", "eval_output_dir": None}))

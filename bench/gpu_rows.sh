@@ -65,4 +65,9 @@ for subset, difficulty in (("easy", EASY), ("hard", HARD)):
 PY
 step inference python3 -m bench.inference_throughput --preset "$PRESET" --data_dir "$PHOTOS" --batch_sizes 1 4 8 \
     --writer sync async --repeats 2
+# The full-size architecture through the real val_inference.py and predict.py at 1024 px, bf16 (builds a 5.6 GiB
+# random-weight hub-layout folder first, ~75 s). Opt-in: SMOKE=1, when the loan has ~3 minutes to spare.
+if [ -n "${SMOKE:-}" ]; then
+    step full_size_smoke python3 bench/full_size_smoke.py --device cuda --images 8 --workdir /tmp/full_size_smoke
+fi
 echo "tables in $OUT/"

@@ -1,8 +1,8 @@
 """The constant empty-prompt conditioning of the SD3 transformer, computed once from the model's own text encoders.
 
 The three text encoders (CLIP-L, CLIP-G, T5-XXL: ~10 GB in half precision) are loaded only to encode "" and freed
-before training starts; the result is cached on disk keyed by model id, revision, variant and (for local folders)
-the text-encoder weight files, so later runs never load them.
+before training starts; the result is cached on disk keyed by model id, revision, variant, T5 length, the dtype the
+encoders ran in and (for local folders) the text-encoder weight files, so later runs never load them.
 """
 
 from __future__ import annotations
@@ -21,13 +21,28 @@ DEFAULT_CACHE_DIR = Path.home() / ".cache" / "transparency_sd35"
 TEXT_SUBFOLDERS = ("text_encoder", "text_encoder_2", "text_encoder_3", "tokenizer", "tokenizer_2", "tokenizer_3")
 
 
-def cache_key(model: str, revision: str | None, variant: str | None, max_sequence_length: int) -> str:
-    """Model id, revision, variant and T5 length; a local folder also contributes its text-encoder files' stats."""
+def conditioning_dtype(device: torch.device) -> torch.dtype:
+    """The dtype the text encoders run in: bf16 on a GPU (T5-XXL is ~10 GB in half precision), fp32 on a CPU.
+
+    The one place this is decided, so the cache key and the computation cannot disagree."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def cache_key(
+    model: str, revision: str | None, variant: str | None, max_sequence_length: int, dtype: torch.dtype
+) -> str:
+    """Model id, revision, variant, T5 length and compute dtype (bf16 and fp32 encoders give different embeddings);
+    a local folder also contributes its text-encoder files' stats."""
     fingerprint = {
         "model": model,
         "revision": revision,
         "variant": variant,
         "max_sequence_length": max_sequence_length,
+        "dtype": dtype_name(dtype),
     }
     folder = Path(model)
     if folder.is_dir():
@@ -41,9 +56,14 @@ def cache_key(model: str, revision: str | None, variant: str | None, max_sequenc
 
 
 def cache_path(
-    cache_dir: str | Path | None, model: str, revision: str | None, variant: str | None, max_sequence_length: int
+    cache_dir: str | Path | None,
+    model: str,
+    revision: str | None,
+    variant: str | None,
+    max_sequence_length: int,
+    dtype: torch.dtype,
 ) -> Path:
-    key = cache_key(model, revision, variant, max_sequence_length)
+    key = cache_key(model, revision, variant, max_sequence_length, dtype)
     return Path(cache_dir or DEFAULT_CACHE_DIR) / "prompt_embeds" / f"empty_prompt_{key}.safetensors"
 
 
@@ -98,19 +118,21 @@ def load_empty_prompt_embeds(
 
     Call it under `accelerator.local_main_process_first()` so one process per machine computes and the others read.
     """
-    path = cache_path(cache_dir, model, revision, variant, max_sequence_length)
+    dtype = conditioning_dtype(device)
+    path = cache_path(cache_dir, model, revision, variant, max_sequence_length, dtype)
     if not path.exists():
-        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         prompt_embeds, pooled = encode_empty_prompt(model, revision, variant, device, dtype, max_sequence_length)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
         save_file({"prompt_embeds": prompt_embeds, "pooled_prompt_embeds": pooled}, str(tmp))
         tmp.replace(path)
-        atomic_write_text(
-            path.with_suffix(".json"),
-            json.dumps(
-                {"model": model, "revision": revision, "variant": variant, "max_sequence_length": max_sequence_length}
-            ),
-        )
+        sidecar = {
+            "model": model,
+            "revision": revision,
+            "variant": variant,
+            "max_sequence_length": max_sequence_length,
+            "dtype": dtype_name(dtype),
+        }
+        atomic_write_text(path.with_suffix(".json"), json.dumps(sidecar))
     tensors = load_file(str(path))
     return tensors["prompt_embeds"], tensors["pooled_prompt_embeds"]

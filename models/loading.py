@@ -51,8 +51,26 @@ def load_trained_transformer(path: str | Path, dtype: torch.dtype) -> SD3Transfo
 
 
 # Settings that define what the transformer was trained to map: evaluating with other values silently changes the
-# model's input, so they must match the training run's.
-TRAINING_BOUND_KEYS = ("max_sequence_length", "timestep")
+# model's input (the conditioning, the timestep) or pairs the fine-tuned transformer with another VAE.
+TRAINING_BOUND_KEYS = ("max_sequence_length", "timestep", "pretrained_model_name_or_path", "revision", "variant")
+
+
+def _comparable(key: str, value: object) -> object:
+    """A local model folder compares as its resolved path, so one folder spelled two ways is the same model; a hub id
+    (no such folder here) compares as its string."""
+    if key == "pretrained_model_name_or_path" and isinstance(value, str):
+        folder = Path(value).expanduser()
+        if folder.is_dir() or folder.is_absolute():
+            return folder.resolve()
+    return value
+
+
+def _mismatch(key: str, value: object, trained: object, transformer_dir: Path, config_file: Path) -> ValueError:
+    flag_value = "null" if trained is None else trained
+    return ValueError(
+        f"{key} = {value}, but {transformer_dir} was trained with {key} = {trained} ({config_file}); "
+        f"pass --{key} {flag_value} or evaluate with that run's --config"
+    )
 
 
 def check_matches_training(transformer_dir: str | Path, args) -> None:
@@ -64,9 +82,6 @@ def check_matches_training(transformer_dir: str | Path, args) -> None:
         if config_file.is_file():
             trained = yaml.safe_load(config_file.read_text()) or {}
             for key in TRAINING_BOUND_KEYS:
-                if key in trained and trained[key] != getattr(args, key):
-                    raise ValueError(
-                        f"{key} = {getattr(args, key)}, but {transformer_dir} was trained with {key} = {trained[key]} "
-                        f"({config_file}); pass --{key} {trained[key]} or evaluate with that run's --config"
-                    )
+                if key in trained and _comparable(key, trained[key]) != _comparable(key, getattr(args, key)):
+                    raise _mismatch(key, getattr(args, key), trained[key], transformer_dir, config_file)
             return

@@ -1,5 +1,4 @@
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,6 +12,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(REPO_ROOT / "tests"))  # for `from launcher import ...` in test modules
+
+from launcher import run_script  # noqa: E402
 
 # Small on purpose: 24 train images (6 batches of 4), an odd number of test images (4 easy + 3 hard).
 TINY_COUNTS = {
@@ -64,28 +66,6 @@ def tiny_config(tiny_assets, tmp_path):
         return path
 
     return write
-
-
-def run_script(script: str, *args: str, processes: int = 1, cwd: Path = REPO_ROOT, check: bool = True):
-    """Run an entry script through `accelerate launch` exactly as a user would, on 1 or 2 CPU processes."""
-    accelerate_config = "cpu_1proc.yaml" if processes == 1 else "cpu_2proc.yaml"
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(REPO_ROOT / "configs" / "accelerate" / accelerate_config),
-        "--num_cpu_threads_per_process",
-        "1",
-    ]
-    if processes > 1:
-        command += ["--main_process_port", str(29500 + os.getpid() % 1000)]
-    command += [str(REPO_ROOT / script), *args]
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{script} {' '.join(args)} exited {result.returncode}\n{result.stdout}\n{result.stderr}")
-    return result
 
 
 @pytest.fixture(scope="session")

@@ -16,45 +16,6 @@ def transformer_weights(output_dir: Path, sub: str = "transformer") -> dict[str,
     return load_file(str(output_dir / sub / "diffusion_pytorch_model.safetensors"))
 
 
-def test_resume_is_exact_across_an_epoch_boundary(tiny_config, run, tmp_path):
-    # 24 images / batch 4 = 6 steps per epoch: steps 5..8 cross into epoch 1. Augmentation on, so the
-    # resumed run must reproduce the same crops, flips and jitter for the same batches.
-    settings = {
-        "max_train_steps": 8,
-        "checkpointing_steps": 4,
-        "random_flip": True,
-        "color_jitter": 0.2,
-        "random_crop_scale": 0.7,
-        "checkpoints_total_limit": 1,
-        "dataloader_num_workers": 1,
-    }
-    straight = tmp_path / "straight"
-    run("trainer.py", "--config", str(tiny_config(output_dir=str(straight), **settings)))
-    resumed = tmp_path / "resumed"
-    run("trainer.py", "--config", str(tiny_config(output_dir=str(resumed), **settings)), "--max_train_steps", "4")
-    assert [p.name for p in complete_checkpoints(resumed)] == ["checkpoint-4"]
-    second = run(
-        "trainer.py",
-        "--config",
-        str(tiny_config(output_dir=str(resumed), **settings)),
-        "--resume_from_checkpoint",
-        "latest",
-    )
-    assert "resumed from" in second.stderr + second.stdout
-
-    expected, actual = transformer_weights(straight), transformer_weights(resumed)
-    assert expected.keys() == actual.keys()
-    for name in expected:
-        torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=1e-6, msg=name)
-    # checkpoints_total_limit=1 keeps exactly one, the newest; no temporary folders are left behind.
-    assert [p.name for p in complete_checkpoints(straight)] == ["checkpoint-8"]
-    assert not list(straight.glob(".checkpoint-*"))
-    assert json.loads((straight / "checkpoint-8" / "checkpoint.json").read_text())["step"] == 8
-    # The checkpoint's transformer is a loadable save_pretrained folder equal to the final weights.
-    for name, value in transformer_weights(straight, "checkpoint-8/transformer").items():
-        assert torch.equal(value, expected[name])
-
-
 def test_resume_latest_without_checkpoints_starts_fresh_and_bad_path_fails(tiny_config, run, tmp_path):
     fresh = run("trainer.py", "--config", str(tiny_config(max_train_steps=1)), "--resume_from_checkpoint", "latest")
     assert "starting fresh" in fresh.stderr + fresh.stdout

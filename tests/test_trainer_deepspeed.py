@@ -1,71 +1,30 @@
-"""trainer.py under `accelerate launch --use_deepspeed` on one CPU process (DeepSpeed's CPU accelerator, gloo).
-
-This covers the code path Accelerate takes under DeepSpeed: the config consistency check, the DeepSpeed engine,
-checkpoint save/load through the engine, the ZeRO-3 weight gathering for save_pretrained, and exact resume.
+"""trainer.py under `accelerate launch --use_deepspeed` on one CPU process (DeepSpeed's CPU accelerator, gloo): the
+start-up checks and bf16. Schedules, saving, resume and agreement with plain training: tests/test_trainer_setups.py.
 """
 
 import json
-import os
 import subprocess
-import sys
 
 import pytest
 import torch
+from launcher import REPO_ROOT, accelerate_command, launch_env, run_command
 from safetensors.torch import load_file
-
-from utils.config import REPO_ROOT
 
 pytestmark = pytest.mark.slow
 
 
 def launch_deepspeed(
-    ds_config: str, *args: str, check: bool = True, mixed_precision: str = "no"
+    ds_config: str, *args: str, check: bool = True, mixed_precision: str = "no", env: dict | None = None
 ) -> subprocess.CompletedProcess:
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--use_deepspeed", "--num_processes", "1",
-        "--num_machines", "1", "--mixed_precision", mixed_precision, "--dynamo_backend", "no",
-        "--main_process_port", str(29600 + os.getpid() % 300),
-        "--deepspeed_config_file", ds_config, str(REPO_ROOT / "trainer.py"), *args,
+    launcher = [
+        "--use_deepspeed", "--num_processes", "1", "--num_machines", "1", "--mixed_precision", mixed_precision,
+        "--dynamo_backend", "no", "--deepspeed_config_file", ds_config,
     ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
-    if check and result.returncode != 0:
-        raise AssertionError(f"exited {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
-    return result
+    return run_command(accelerate_command(launcher, "trainer.py", *args), check=check, env=env)
 
 
 def weights(path) -> dict[str, torch.Tensor]:
     return load_file(str(path / "transformer" / "diffusion_pytorch_model.safetensors"))
-
-
-def assert_same_weights(actual: dict, expected: dict, atol: float) -> None:
-    assert actual.keys() == expected.keys()
-    for name in expected:
-        torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=atol, msg=name)
-
-
-def test_zero2_resume_is_exact(tiny_config, tmp_path):
-    settings = {"max_train_steps": 4, "checkpointing_steps": 2, "learning_rate": 1e-3}
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    launch_deepspeed(
-        "configs/deepspeed/zero2.json", "--config", str(tiny_config(output_dir=str(straight), **settings))
-    )
-    assert (straight / "checkpoint-4" / "pytorch_model").is_dir()  # the engine's own (sharded) checkpoint
-    config = str(tiny_config(output_dir=str(resumed), **settings))
-    launch_deepspeed("configs/deepspeed/zero2.json", "--config", config, "--max_train_steps", "2")
-    launch_deepspeed("configs/deepspeed/zero2.json", "--config", config, "--resume_from_checkpoint", "latest")
-    assert_same_weights(weights(resumed), weights(straight), atol=1e-6)
-
-
-def test_zero3_with_offload_trains_like_plain_training(tiny_config, run, tmp_path):
-    settings = {"max_train_steps": 2, "learning_rate": 1e-3, "validation_steps": 2, "num_validation_images": 2}
-    plain, zero3 = tmp_path / "plain", tmp_path / "zero3"
-    run("trainer.py", "--config", str(tiny_config(output_dir=str(plain), **settings)))
-    launch_deepspeed("ds_config.json", "--config", str(tiny_config(output_dir=str(zero3), **settings)))
-    # save_pretrained after gathering the ZeRO-3 shards: complete weights, equal to plain training's.
-    assert_same_weights(weights(zero3), weights(plain), atol=1e-5)
-    summary = json.loads((zero3 / "train_summary.json").read_text())
-    assert "val/iou" in summary["final_validation"]
 
 
 def test_deepspeed_value_disagreeing_with_config_yaml_stops_at_start(tiny_config, tmp_path):
@@ -85,3 +44,18 @@ def test_zero2_bf16_trains(tiny_config, tmp_path):
     launch_deepspeed("configs/deepspeed/zero2.json", "--config", str(config), mixed_precision="bf16")
     trained = weights(output_dir)
     assert all(torch.isfinite(value.float()).all() for value in trained.values())
+
+
+def test_deepspeed_dropped_by_the_environment_stops_at_start_with_the_cause(tiny_config, tmp_path):
+    """ACCELERATE_USE_CPU=true makes Accelerate quietly train without DeepSpeed; the trainer must refuse."""
+    output_dir = tmp_path / "dropped"
+    result = launch_deepspeed(
+        "configs/deepspeed/zero2.json",
+        "--config",
+        str(tiny_config(output_dir=str(output_dir))),
+        check=False,
+        env=launch_env(ACCELERATE_USE_CPU="true"),
+    )
+    assert result.returncode != 0
+    assert "DeepSpeed was requested" in result.stderr and "ACCELERATE_USE_CPU" in result.stderr
+    assert not (output_dir / "transformer").exists()

@@ -31,6 +31,7 @@ def trained(tiny_assets, tmp_path_factory, run) -> Path:
                 "train_batch_size": 4,
                 "gradient_accumulation_steps": 1,
                 "max_train_steps": 2,
+                "checkpointing_steps": 1,  # checkpoint-1 and checkpoint-2, two models of one run
                 "validation_steps": 0,
                 "dataloader_num_workers": 0,
                 "report_to": "none",
@@ -104,6 +105,28 @@ def test_metrics_shape_files_and_rescoring_saved_predictions(trained, tmp_path, 
     assert str(eval_dir / "raw" / "easy" / "0001.png") in missing.stderr
 
 
+def test_two_checkpoints_evaluated_with_defaults_land_in_their_own_folders(trained, run):
+    run_dir = Path(yaml.safe_load(trained.read_text())["output_dir"])
+    quick = ["--save_raw_predictions", "false", "--num_worst_panels", "0", "--num_sample_panels", "0"]
+    for step in (1, 2):
+        checkpoint = run_dir / f"checkpoint-{step}"
+        # use_8bit_adam (CUDA only) is a training setting: it must not stop an evaluation on a CPU.
+        run(
+            "val_inference.py",
+            "--config",
+            str(trained),
+            "--transformer_path",
+            str(checkpoint),
+            "--use_8bit_adam",
+            *quick,
+        )
+    for step in (1, 2):
+        eval_dir = run_dir / f"eval-checkpoint-{step}-test-64px-thr0.5-native"
+        assert metrics(eval_dir)["subsets"]["mix"]["num_images"] == 7
+        snapshot = yaml.safe_load((eval_dir / "config.yaml").read_text())
+        assert snapshot["transformer_path"] == str(run_dir / f"checkpoint-{step}")  # this folder's own model
+
+
 def test_vae_oracle_and_threshold_sweep_on_validation(trained, tmp_path, run):
     oracle = tmp_path / "oracle"
     run(
@@ -136,7 +159,8 @@ def test_predict_keeps_native_size_of_rotated_odd_sized_images(trained, tmp_path
     stored.save(inputs / "rotated.jpg", exif=exif.tobytes())
     Image.fromarray(np.zeros((50, 33, 3), dtype=np.uint8)).save(inputs / "odd.png")
     out = tmp_path / "out"
-    run("predict.py", "--config", str(trained), "--input", str(inputs), "--output", str(out))
+    # use_8bit_adam (CUDA only) is a training setting: it must not stop a prediction on a CPU.
+    run("predict.py", "--config", str(trained), "--input", str(inputs), "--output", str(out), "--use_8bit_adam")
     assert Image.open(out / "rotated_mask.png").size == (37, 91)  # upright: width and height swapped
     assert Image.open(out / "odd_mask.png").size == (33, 50)
     for stem in ("rotated", "odd"):

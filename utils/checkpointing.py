@@ -1,12 +1,16 @@
-"""Atomic, self-describing `checkpoint-<step>/` folders: written under a temporary name, renamed when complete.
+"""Atomic, self-describing `checkpoint-<step>/` folders: written under a temporary name, renamed, then old ones pruned.
 
 A checkpoint counts only when its folder is named `checkpoint-<step>` AND holds `checkpoint.json` (written last, just
-before the rename), so `latest` never picks a half-written one.
+before the rename), so `latest` never picks a half-written one. The order of a save is write -> rename -> prune, and a
+pruned checkpoint is renamed out of the complete set before it is deleted: a kill at any instant leaves at least as
+many complete checkpoints as there were before the save began. During a save there is one checkpoint more than
+`checkpoints_total_limit` on disk.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from collections.abc import Callable
@@ -16,6 +20,8 @@ from utils.run_snapshot import atomic_write_text
 
 MARKER = "checkpoint.json"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
+# What an interrupted save can leave behind: the folder being written, a same-step folder moved aside, a doomed one.
+_LEFTOVER = re.compile(r"^\.checkpoint-(\d+)\.(tmp|old|deleting)$")
 
 
 def complete_checkpoints(output_dir: str | Path) -> list[Path]:
@@ -57,43 +63,84 @@ def resolve_resume_path(resume_from_checkpoint: str | None, output_dir: str | Pa
     return path
 
 
+def _sibling(output_dir: Path, step: int, kind: str) -> Path:
+    return output_dir / f".checkpoint-{step}.{kind}"
+
+
 def prune_checkpoints(output_dir: str | Path, keep: int) -> list[Path]:
-    """Delete the oldest complete checkpoints so that `keep - 1` remain (room for the one about to be written)."""
+    """Delete the oldest complete checkpoints so that `keep` remain (0 keeps all). Call it after a save completed."""
     if keep <= 0:
         return []
     found = complete_checkpoints(output_dir)
-    doomed = found[: max(0, len(found) - (keep - 1))]
+    doomed = found[: max(0, len(found) - keep)]
     for path in doomed:
-        shutil.rmtree(path)
+        # Out of the complete set first (one atomic rename), so a kill mid-delete never leaves a gutted "checkpoint".
+        trash = _sibling(path.parent, checkpoint_step(path), "deleting")
+        os.rename(path, trash)
+        shutil.rmtree(trash)
     return doomed
 
 
-def temporary_dir(output_dir: str | Path, step: int) -> Path:
-    return Path(output_dir) / f".checkpoint-{step}.tmp"
-
-
-def finalize_checkpoint(tmp_dir: Path, step: int, metadata: dict) -> Path:
+def publish_checkpoint(tmp_dir: Path, step: int, metadata: dict) -> Path:
     """Write the marker last, then rename into place (main process only, after every rank finished writing)."""
     final = tmp_dir.parent / f"checkpoint-{step}"
     atomic_write_text(tmp_dir / MARKER, json.dumps({"step": step, **metadata}, indent=2) + "\n")
-    if final.exists():  # a stale folder from an interrupted run at the same step
-        shutil.rmtree(final)
-    tmp_dir.rename(final)
+    if final.exists():  # the same step from an earlier run (e.g. resumed from an older checkpoint): keep it until
+        old = _sibling(final.parent, step, "old")  # the new one is in place
+        if old.exists():
+            shutil.rmtree(old)
+        os.rename(final, old)
+        os.rename(tmp_dir, final)
+        shutil.rmtree(old)
+    else:
+        os.rename(tmp_dir, final)
     return final
 
 
 def save_checkpoint(
-    save_state: Callable[[str], None], output_dir: str | Path, step: int, metadata: dict, is_main: bool, barrier
+    save_state: Callable[[str], None],
+    output_dir: str | Path,
+    step: int,
+    metadata: dict,
+    keep: int,
+    is_main: bool,
+    barrier: Callable[[], None],
 ) -> Path:
-    """Run `save_state(tmp_dir)` on every rank, then rename atomically on the main rank."""
-    tmp_dir = temporary_dir(output_dir, step)
+    """Every rank runs `save_state(tmp_dir)`; the main rank then publishes it and prunes beyond `keep`."""
+    output_dir = Path(output_dir)
+    tmp_dir = _sibling(output_dir, step, "tmp")
     if is_main and tmp_dir.exists():
         shutil.rmtree(tmp_dir)
     barrier()
     save_state(str(tmp_dir))
     barrier()
-    final = tmp_dir.parent / f"checkpoint-{step}"
+    final = output_dir / f"checkpoint-{step}"
     if is_main:
-        finalize_checkpoint(tmp_dir, step, metadata)
+        publish_checkpoint(tmp_dir, step, metadata)
+        prune_checkpoints(output_dir, keep)
     barrier()
     return final
+
+
+def recover_interrupted_save(output_dir: str | Path) -> list[str]:
+    """At start-up (main process): finish or remove what a killed save left behind; one message per action.
+
+    A leftover that holds its marker is a complete checkpoint caught between two renames: it is put back in place
+    unless a complete `checkpoint-<step>` already exists. Anything else (half written, half deleted) is removed.
+    """
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return []
+    actions = []
+    for path in sorted(p for p in output_dir.iterdir() if _LEFTOVER.match(p.name)):
+        step, kind = _LEFTOVER.match(path.name).groups()
+        final = output_dir / f"checkpoint-{step}"
+        if kind != "deleting" and (path / MARKER).is_file() and not (final / MARKER).is_file():
+            if final.exists():
+                shutil.rmtree(final)
+            os.rename(path, final)
+            actions.append(f"restored {final.name} from {path.name}, left complete by an interrupted save")
+        else:
+            shutil.rmtree(path)
+            actions.append(f"removed {path.name}, left incomplete by an interrupted save")
+    return actions

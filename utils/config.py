@@ -1,13 +1,15 @@
 """Configuration: `config.yaml` holds every default once; `--config FILE` overlays changed keys; `--key value` wins.
 
-Types follow each key's default (a null default declares its type with a `[type]` tag in its comment). Unknown keys,
-values of the wrong type and impossible combinations exit with code 2 and a message naming the key and the value.
+Types follow each key's default (a null default declares its type with a `[type]` tag in its comment); on the
+command line null / none / ~ mean null only for those keys. Unknown keys, values of the wrong type, nan or inf and
+impossible combinations exit with code 2 and a message naming the key and the value.
 """
 
 from __future__ import annotations
 
 import argparse
 import difflib
+import math
 import os
 import re
 import sys
@@ -83,11 +85,13 @@ def _make_spec(name: str, default: Any, comment: str, path: Path) -> KeySpec:
 
 def coerce(spec: KeySpec, value: Any, source: str) -> Any:
     """Convert `value` (from YAML, or a string from the command line) to the key's type, or raise ConfigError."""
-    from_cli = isinstance(value, str) and source == "command line"
-    if value is None or (from_cli and value.lower() in _NULL):
+    if value is None:
         if spec.nullable:
             return None
         raise _type_error(spec, value, source)
+    # "none" is a real value of some keys (report_to), so the null spellings mean null only where null is allowed.
+    if spec.nullable and source == "command line" and isinstance(value, str) and value.strip().lower() in _NULL:
+        return None
     if spec.type is bool:
         result = _to_bool(value)
     elif spec.type is int:
@@ -100,8 +104,15 @@ def coerce(spec: KeySpec, value: Any, source: str) -> Any:
         result = value if isinstance(value, str) else None
     if result is None:
         raise _type_error(spec, value, source)
+    _check_finite(spec, result, source)
     _check_choices(spec, result, source)
     return result
+
+
+def _check_finite(spec: KeySpec, value: Any, source: str) -> None:
+    # nan passes every range check (all comparisons are false), so it would reach the optimizer unnoticed.
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{source}: '{spec.name}' = {value!r} is not a finite number; give a finite {spec.name}")
 
 
 def _to_bool(value: Any) -> bool | None:
@@ -221,8 +232,12 @@ def _read_overlay(path_text: str) -> dict:
     return overlay
 
 
-def parse_config(argv: list[str], defaults_path: Path = DEFAULTS_PATH) -> tuple[argparse.Namespace, bool]:
-    """Resolve defaults < overlay files < flags. Returns (args, help_requested); raises ConfigError."""
+def parse_config(
+    argv: list[str], defaults_path: Path = DEFAULTS_PATH, *, training: bool = False
+) -> tuple[argparse.Namespace, bool]:
+    """Resolve defaults < overlay files < flags. Returns (args, help_requested); raises ConfigError.
+
+    training=True adds the checks that only a training run needs (see check_combinations)."""
     specs = read_specs(defaults_path)
     overlays, flags, want_help = _split_argv(argv, specs)
     config = {name: _resolve_path(spec, spec.default, from_file=True) for name, spec in specs.items()}
@@ -231,13 +246,16 @@ def parse_config(argv: list[str], defaults_path: Path = DEFAULTS_PATH) -> tuple[
     _apply(config, specs, flags, "command line", from_file=False)
     args = argparse.Namespace(**config)
     if not want_help:
-        check_combinations(args)
+        check_combinations(args, training=training)
     return args, want_help
 
 
-def check_combinations(args: argparse.Namespace) -> None:
-    """Reject settings that cannot work together now, not an hour into a run."""
-    problems = []
+def check_combinations(args: argparse.Namespace, *, training: bool = False) -> None:
+    """Reject settings that cannot work together now, not an hour into a run.
+
+    The checks of this machine's hardware and packages run only with training=True: evaluating or predicting with a
+    training run's config.yaml on a CPU must not fail because that run used a CUDA-only optimizer."""
+    problems = _training_problems(args) if training else []
     if args.resolution <= 0 or args.resolution % 16:
         problems.append(f"resolution = {args.resolution} must be a positive multiple of 16 (VAE factor 8 x patch 2)")
     for name in ("train_batch_size", "gradient_accumulation_steps", "eval_batch_size", "checkpointing_steps"):
@@ -265,8 +283,6 @@ def check_combinations(args: argparse.Namespace) -> None:
             f"{args.random_crop_scale}): random colours and crops change the pixels every epoch, so latents cannot "
             "be computed once"
         )
-    if args.use_8bit_adam and not _bitsandbytes_usable():
-        problems.append("use_8bit_adam needs a CUDA GPU and `pip install bitsandbytes`; set it to false here")
     if args.predictions_dir is not None and args.oracle is not None:
         problems.append("predictions_dir and oracle both set: score either existing predictions or the VAE oracle")
     if args.threshold_sweep and args.split == "test":
@@ -278,6 +294,14 @@ def check_combinations(args: argparse.Namespace) -> None:
         )
     if problems:
         raise ConfigError("impossible settings:\n  " + "\n  ".join(problems))
+
+
+def _training_problems(args: argparse.Namespace) -> list[str]:
+    """Settings only the trainer uses that this machine cannot run."""
+    problems = []
+    if args.use_8bit_adam and not _bitsandbytes_usable():
+        problems.append("use_8bit_adam needs a CUDA GPU and `pip install bitsandbytes`; set it to false here")
+    return problems
 
 
 def _bitsandbytes_usable() -> bool:
@@ -303,12 +327,14 @@ def format_help(args: argparse.Namespace, prog: str, defaults_path: Path = DEFAU
     return "\n".join(lines)
 
 
-def load_config(argv: list[str] | None = None) -> argparse.Namespace:
-    """Entry-script front door: parse, print --help, or exit 2 with a clear message."""
+def load_config(argv: list[str] | None = None, *, training: bool = False) -> argparse.Namespace:
+    """Entry-script front door: parse, print --help, or exit 2 with a clear message.
+
+    trainer.py passes training=True; val_inference.py and predict.py do not, so they accept any training config."""
     argv = sys.argv[1:] if argv is None else argv
     prog = os.path.basename(sys.argv[0]) or "script"
     try:
-        args, want_help = parse_config(argv)
+        args, want_help = parse_config(argv, training=training)
         if want_help:
             print(format_help(args, prog))
             sys.exit(0)

@@ -7,6 +7,11 @@ silently (it prefers ds_config's gradient_accumulation_steps with only a warning
 from __future__ import annotations
 
 import argparse
+import os
+from collections.abc import Mapping
+
+from accelerate import Accelerator
+from accelerate.utils import DistributedType, parse_flag_from_env
 
 
 def _get(config: dict, dotted: str):
@@ -52,3 +57,37 @@ def check_deepspeed_config(ds_config: dict, args: argparse.Namespace, num_proces
         )
     if ds_config.get("gradient_clipping", "auto") == "auto":
         ds_config["gradient_clipping"] = args.max_grad_norm
+
+
+def launch_mismatch(
+    requested_deepspeed: bool, world_size: int, got_deepspeed: bool, got_processes: int, env: Mapping[str, str]
+) -> str:
+    """Why the distributed setup Accelerate built differs from the one the launcher asked for, or "" if it does not."""
+    problems = []
+    if requested_deepspeed and not got_deepspeed:
+        problems.append("DeepSpeed was requested (--use_deepspeed / distributed_type DEEPSPEED) but is not in use")
+    if got_processes != world_size:
+        problems.append(f"the launcher started {world_size} processes but Accelerate runs {got_processes}")
+    if not problems:
+        return ""
+    cpu_flag = env.get("ACCELERATE_USE_CPU", "")
+    cause = (
+        f"ACCELERATE_USE_CPU={cpu_flag} is set in the environment, which makes Accelerate run on the CPU without "
+        "DeepSpeed or several processes; `unset ACCELERATE_USE_CPU` (or remove use_cpu from the accelerate config)"
+        if cpu_flag.lower() in ("1", "true", "yes")
+        else "check `accelerate env`, the accelerate config file and the ACCELERATE_* environment variables"
+    )
+    return "; ".join(problems) + f". Cause and fix: {cause}. Training stops here rather than run something else."
+
+
+def check_launch_matches_request(accelerator: Accelerator) -> None:
+    """No silent fallback: stop when Accelerate dropped DeepSpeed or processes the launcher asked for."""
+    message = launch_mismatch(
+        requested_deepspeed=parse_flag_from_env("ACCELERATE_USE_DEEPSPEED"),
+        world_size=int(os.environ.get("WORLD_SIZE", "1")),
+        got_deepspeed=accelerator.distributed_type == DistributedType.DEEPSPEED,
+        got_processes=accelerator.num_processes,
+        env=os.environ,
+    )
+    if message:
+        raise RuntimeError(message)

@@ -6,17 +6,25 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from PIL import Image
 
+from dataset.transforms import MASK_RESAMPLE
 from utils.metrics import ImageScore, binarize_gt, resize_raw, score_image
 
 
 def gt_binary_at(gt_classes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Binary ground truth (any non-zero class) at `size`, resized with nearest neighbour when it differs."""
+    """Binary ground truth (any non-zero class) at `size` (H, W), on the input's device.
+
+    A resize is PIL's NEAREST (pixel-centre sampling), the resize the dataset applies to the masks the model is trained
+    and validated on, so the square protocol scores against exactly that target."""
     binary = binarize_gt(gt_classes)
     if tuple(binary.shape) == tuple(size):
         return binary
-    return F.interpolate(binary[None, None].float(), size=size, mode="nearest")[0, 0] > 0.5
+    # Not F.interpolate: "nearest" samples each output pixel's top-left corner, not its centre; "nearest-exact" is
+    # pixel-centre but breaks exact ties (a whole-number source coordinate, e.g. 64 -> 23 px) the other way from PIL's
+    # fixed-point arithmetic.
+    resized = Image.fromarray(binary.cpu().numpy().astype(np.uint8)).resize((size[1], size[0]), MASK_RESAMPLE)
+    return torch.from_numpy(np.array(resized) > 0).to(binary.device)
 
 
 def quantize(raw: torch.Tensor) -> torch.Tensor:
@@ -30,7 +38,7 @@ def scoring_pair(
     """(raw, gt_binary) at the size a protocol scores at.
 
     "native": the raw prediction is resized (bilinear) to the ground truth's own size, then thresholded.
-    "square": the ground truth is resized (nearest) to resolution x resolution, the seed project's protocol.
+    "square": the ground truth is resized (PIL nearest) to resolution x resolution, the seed project's protocol.
     """
     size = tuple(gt_classes.shape) if protocol == "native" else (resolution, resolution)
     raw = raw if tuple(raw.shape) == size else resize_raw(raw, size)

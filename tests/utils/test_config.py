@@ -1,3 +1,4 @@
+import argparse
 import json
 import subprocess
 import sys
@@ -131,8 +132,8 @@ def test_resolved_config_round_trips_and_snapshot_is_written(tmp_path):
     assert yaml.safe_load(dump_config(args))["learning_rate"] == pytest.approx(3e-5)
 
 
-def run_entry(*argv: str) -> subprocess.CompletedProcess:
-    code = "import sys; from utils.config import load_config; load_config(sys.argv[1:])"
+def run_entry(*argv: str, training: bool = False) -> subprocess.CompletedProcess:
+    code = f"import sys; from utils.config import load_config; load_config(sys.argv[1:], training={training})"
     return subprocess.run([sys.executable, "-c", code, *argv], cwd=REPO_ROOT, capture_output=True, text=True)
 
 
@@ -155,12 +156,70 @@ def test_demo_overlay_only_uses_known_keys():
     parse("--config", str(Path(REPO_ROOT / "configs/demo.yaml")))
 
 
-def test_8bit_adam_is_refused_without_cuda_and_bitsandbytes():
+def bitsandbytes_usable() -> bool:
     import importlib.util
 
     import torch
 
-    if torch.cuda.is_available() and importlib.util.find_spec("bitsandbytes"):
+    return torch.cuda.is_available() and importlib.util.find_spec("bitsandbytes") is not None
+
+
+def test_8bit_adam_is_refused_for_training_without_cuda_and_bitsandbytes():
+    if bitsandbytes_usable():
         pytest.skip("bitsandbytes and CUDA present: the combination is valid here")
     with pytest.raises(ConfigError, match="use_8bit_adam needs a CUDA GPU"):
-        parse("--use_8bit_adam")
+        parse_config(["--use_8bit_adam"], training=True)
+    trainer_like = run_entry("--use_8bit_adam", training=True)  # what trainer.py's load_config(training=True) does
+    assert trainer_like.returncode == 2 and "use_8bit_adam" in trainer_like.stderr
+
+
+def test_training_only_checks_do_not_stop_evaluation_with_a_training_config(tmp_path):
+    # The config.yaml of a run trained on a GPU with 8-bit Adam, evaluated on a CPU with that run's settings.
+    trained_config = tmp_path / "config.yaml"
+    trained_config.write_text(dump_config(argparse.Namespace(**{**vars(parse()), "use_8bit_adam": True})))
+    assert parse("--config", str(trained_config)).use_8bit_adam is True
+    evaluation = run_entry("--config", str(trained_config))  # val_inference.py / predict.py: load_config()
+    assert evaluation.returncode == 0, evaluation.stderr
+
+
+def test_none_is_a_value_of_non_nullable_keys():
+    assert parse("--report_to", "none").report_to == "none"  # a choice of report_to, not null
+    assert parse("--tracker_project_name", "null").tracker_project_name == "null"
+    with pytest.raises(ConfigError, match=r"'lr_scheduler' = 'none' is not one of"):
+        parse("--lr_scheduler", "none")
+    # Keys whose default is null still read every null spelling as null.
+    for spelling in ("null", "None", "~"):
+        assert parse("--revision", spelling).revision is None
+        assert parse("--max_train_steps", spelling).max_train_steps is None
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [("learning_rate", "nan"), ("learning_rate", "inf"), ("adam_weight_decay", "NaN"), ("max_grad_norm", "-inf")],
+)
+def test_non_finite_floats_on_the_command_line_are_rejected(key, value):
+    with pytest.raises(ConfigError, match=rf"'{key}' = -?(nan|inf) is not a finite number"):
+        parse(f"--{key}", value)
+
+
+@pytest.mark.parametrize("line", ["learning_rate: .nan", "learning_rate: .inf", "learning_rate: nan"])
+def test_non_finite_floats_in_an_overlay_are_rejected_naming_the_file(tmp_path, line):
+    overlay = tmp_path / "bad.yaml"
+    overlay.write_text(line + "\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: 'learning_rate' = (nan|inf) is not a finite number"):
+        parse("--config", str(overlay))
+
+
+@pytest.mark.slow
+def test_trainer_stops_on_nan_before_writing_anything(tmp_path):
+    out = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "trainer.py", "--learning_rate", "nan", "--output_dir", str(out)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "learning_rate" in result.stderr and "nan" in result.stderr
+    assert not out.exists()

@@ -1,14 +1,14 @@
 """DeepSpeed: config consistency with config.yaml, and a real ZeRO-2 step on CPU through deepspeed.initialize."""
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
+from launcher import free_port, launch_env
 
 from utils.config import REPO_ROOT, parse_config
-from utils.deepspeed_check import check_deepspeed_config, deepspeed_mismatches
+from utils.deepspeed_check import check_deepspeed_config, deepspeed_mismatches, launch_mismatch
 
 
 def load_ds(name: str = "ds_config.json") -> dict:
@@ -87,16 +87,7 @@ print(json.dumps({"stage": engine.zero_optimization_stage(), "loss": loss.item()
 
 @pytest.mark.slow
 def test_zero2_step_runs_on_cpu_with_gloo(tiny_assets):
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(REPO_ROOT),
-        "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": "29561",
-        "RANK": "0",
-        "LOCAL_RANK": "0",
-        "WORLD_SIZE": "1",
-        "OMP_NUM_THREADS": "1",
-    }
+    env = launch_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
     result = subprocess.run(
         [sys.executable, "-c", ZERO2_STEP, str(tiny_assets["model"])],
         cwd=REPO_ROOT,
@@ -109,3 +100,21 @@ def test_zero2_step_runs_on_cpu_with_gloo(tiny_assets):
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["stage"] == 2
     assert report["changed"] >= report["total"] - 3  # all but the dead text-query projection of the last block
+
+
+@pytest.mark.parametrize(
+    "requested, world, got_deepspeed, got_processes, env, expected",
+    [
+        (True, 1, True, 1, {}, None),
+        (False, 2, False, 2, {}, None),
+        (True, 1, False, 1, {"ACCELERATE_USE_CPU": "true"}, ["DeepSpeed was requested", "unset ACCELERATE_USE_CPU"]),
+        (False, 2, False, 1, {"ACCELERATE_USE_CPU": "1"}, ["started 2 processes but Accelerate runs 1"]),
+        (True, 4, False, 4, {}, ["DeepSpeed was requested", "accelerate env"]),
+    ],
+)
+def test_launch_mismatch_names_what_was_dropped_and_why(requested, world, got_deepspeed, got_processes, env, expected):
+    message = launch_mismatch(requested, world, got_deepspeed, got_processes, env)
+    if expected is None:
+        assert message == ""
+    else:
+        assert all(part in message for part in expected), message
