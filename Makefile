@@ -22,7 +22,7 @@ $(BIN)/.installed: requirements.txt requirements-dev.txt
 install: $(BIN)/.installed
 
 demo-assets: install
-	$(BIN)/python -m utils.demo_assets --output_dir demo_assets
+	$(BIN)/python -m demo.assets --output_dir demo_assets
 
 demo: demo-assets
 	$(LAUNCH) trainer.py --config $(DEMO_CONFIG)

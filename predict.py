@@ -19,11 +19,11 @@ from tqdm.auto import tqdm
 
 from dataset.trans10k import load_image
 from dataset.transforms import IMAGE_RESAMPLE, image_to_tensor
+from evaluation.image_writer import BackgroundImageWriter, raw_to_png_array
+from evaluation.metrics import resize_raw
 from models.loading import inference_dtype
 from models.segmenter import load_predictor
 from utils.config import load_config
-from utils.image_writer import BackgroundImageWriter, raw_to_png_array
-from utils.metrics import resize_raw
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 

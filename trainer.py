@@ -13,7 +13,6 @@ import contextlib
 import json
 import logging
 import math
-import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,19 +28,22 @@ from tqdm.auto import tqdm
 
 from dataset.latent_cache import CachedLatentsTrain, build_latent_cache, latent_cache_dir
 from dataset.trans10k import TrainSampler, Trans10kEval, Trans10kTrain, eval_collate, validate_split
-from models.conditioning import DEFAULT_CACHE_DIR, load_empty_prompt_embeds
+from evaluation.image_writer import render_panel
+from evaluation.metrics import summarize
+from evaluation.scoring import score_batch, to_uint8_image
+from models.conditioning import load_empty_prompt_embeds
 from models.loading import load_base_transformer, load_frozen_vae, precision_dtype
 from models.losses import LOSSES
 from models.saving import write_transformer
 from models.segmenter import MaskPredictor, check_resolution, decode_raw_mask, encode_latents
+from utils.atomic import atomic_write_json
+from utils.cache import cache_root
 from utils.checkpointing import recover_interrupted_save, resolve_resume_path, save_checkpoint
 from utils.config import load_config
-from utils.deepspeed_check import check_deepspeed_config, check_launch_matches_request
-from utils.evaluation import score_batch, to_uint8_image
-from utils.image_writer import render_panel
-from utils.metrics import summarize
+from utils.distributed import check_deepspeed_config, check_launch_matches_request
+from utils.measure import peak_memory_gib
 from utils.model_card import write_model_card
-from utils.run_snapshot import atomic_write_text, write_run_snapshot
+from utils.run_snapshot import write_run_snapshot
 
 logger = get_logger(__name__)
 
@@ -83,7 +85,7 @@ def build_train_dataset(args: argparse.Namespace, samples: list, vae, accelerato
             samples, args.resolution, args.random_flip, args.color_jitter, args.random_crop_scale, args.seed
         )
     cache_dir = latent_cache_dir(
-        args.cache_dir or DEFAULT_CACHE_DIR,
+        cache_root(args.cache_dir),
         args.pretrained_model_name_or_path,
         args.revision,
         args.variant,
@@ -174,12 +176,6 @@ def build_optimizer(args: argparse.Namespace, transformer: torch.nn.Module, num_
 
         return bitsandbytes.optim.AdamW8bit(params, **hyper)
     return torch.optim.AdamW(params, **hyper, fused=torch.cuda.is_available())  # fused: one CUDA launch for all
-
-
-def peak_memory_gb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # CPU: peak RSS (KiB on Linux)
 
 
 @torch.no_grad()
@@ -448,8 +444,10 @@ def train(args: argparse.Namespace, accelerator: Accelerator, run: TrainingRun, 
                 "train/loss": mean_loss,
                 "train/lr": step_lr,
                 "train/samples_per_s": window_samples / (time.perf_counter() - window_start),
-                "train/peak_memory_gb": peak_memory_gb(accelerator.device),
             }
+            peak_gib = peak_memory_gib(accelerator.device)  # CUDA: allocated by tensors; CPU: peak RSS
+            if peak_gib is not None:
+                logs["train/peak_memory_gib"] = peak_gib
             if grad_norm is not None:
                 logs["train/grad_norm"] = float(grad_norm)
             accelerator.log(logs, step=global_step)
@@ -488,7 +486,7 @@ def finish(args: argparse.Namespace, accelerator: Accelerator, run: TrainingRun,
     if accelerator.is_main_process:
         write_model_card(args, Path(args.output_dir), steps, metrics)
         summary = {"steps": steps, "final_validation": metrics, "rank_weight_checksums": rank_checksums}
-        atomic_write_text(Path(args.output_dir) / "train_summary.json", json.dumps(summary, indent=2) + "\n")
+        atomic_write_json(Path(args.output_dir) / "train_summary.json", summary)
         logger.info(f"saved {Path(args.output_dir) / 'transformer'}; final validation: {metrics}")
     accelerator.end_training()
 

@@ -20,13 +20,13 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from dataset.trans10k import Sample, Trans10kEval, eval_collate, load_image, load_mask_grey, validate_split
+from evaluation.image_writer import BackgroundImageWriter, png_to_raw, raw_to_png_array, render_panel
+from evaluation.metrics import ImageScore, resize_raw, summarize_subsets, sweep_histogram, threshold_sweep, worst_k
+from evaluation.report import format_summary_table, write_metrics_json, write_metrics_md, write_per_image_csv
+from evaluation.scoring import score_batch
 from models.loading import inference_dtype, load_frozen_vae, resolve_transformer_dir
 from models.segmenter import decode_raw_mask, encode_latents, load_predictor
 from utils.config import load_config
-from utils.eval_report import format_summary_table, write_metrics_json, write_metrics_md, write_per_image_csv
-from utils.evaluation import score_batch
-from utils.image_writer import BackgroundImageWriter, png_to_raw, raw_to_png_array, render_panel
-from utils.metrics import ImageScore, resize_raw, summarize_subsets, sweep_histogram, threshold_sweep, worst_k
 from utils.run_snapshot import write_run_snapshot
 
 # The trainer's checkpoint folders (utils/checkpointing.py names them the same way).

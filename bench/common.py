@@ -1,7 +1,7 @@
 """Shared helpers for the bench scripts: presets and model builders, FLOP counting, timing, memory, Markdown tables.
 
 Models are always built from configs with random weights (the hub is never contacted): the tiny demo model of
-utils/demo_assets.py, or the full SD3.5-medium architecture from its public config. Throughput does not depend on the
+demo/assets.py, or the full SD3.5-medium architecture from its public config. Throughput does not depend on the
 weight values, only on the architecture, the resolution and the number of text tokens.
 """
 
@@ -21,8 +21,8 @@ import torch
 from diffusers import AutoencoderKL, SD3Transformer2DModel
 from torch.utils.flop_counter import FlopCounterMode
 
+from demo.assets import CLIP_MAX_LENGTH, DEMO_RESOLUTION, TINY_TRANSFORMER_CONFIG, TINY_VAE_CONFIG
 from utils.config import REPO_ROOT, parse_config
-from utils.demo_assets import CLIP_MAX_LENGTH, DEMO_RESOLUTION, TINY_TRANSFORMER_CONFIG, TINY_VAE_CONFIG
 
 # stabilityai/stable-diffusion-3.5-medium, transformer/config.json (MMDiT-X: dual attention in the first 13 blocks).
 SD35_MEDIUM_TRANSFORMER_CONFIG: dict = {
@@ -138,10 +138,6 @@ def resolve_device(preset: Preset, requested: str = "auto") -> torch.device:
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Models
-
-
-def count_parameters(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 @contextlib.contextmanager
@@ -318,30 +314,6 @@ def median(values: Sequence[float]) -> float:
     return statistics.median(values)
 
 
-def reset_peak_memory(device: torch.device) -> None:
-    """CUDA: reset the allocator's peak. CPU: reset the process's peak RSS (Linux /proc/self/clear_refs, value 5)."""
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        return
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass  # not Linux, or not allowed: the peak then covers the whole process lifetime
-
-
-def peak_memory_gib(device: torch.device) -> float | None:
-    """CUDA: peak memory allocated by tensors. CPU: peak resident set size of the whole process (VmHWM)."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 2**20  # kB
-    except OSError:
-        pass
-    return None
-
-
 def peak_memory_label(device: torch.device) -> str:
     return "peak allocated (GiB)" if device.type == "cuda" else "peak RSS, whole process (GiB)"
 
@@ -370,26 +342,6 @@ def machine_description(device: torch.device) -> str:
 def run_header(title: str, device: torch.device) -> str:
     today = datetime.date.today().isoformat()
     return f"{title}\n\n{today}; {machine_description(device)}\n"
-
-
-def _is_number(cell: str) -> bool:
-    try:
-        float(cell.strip("*").rstrip("x%").replace(",", ""))
-    except ValueError:
-        return False
-    return True
-
-
-def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """A Markdown table; columns whose cells are all numbers (or n/a) are right-aligned."""
-    cells = [[str(cell) for cell in row] for row in rows]
-    numeric = [
-        bool(cells) and all(_is_number(row[i]) or row[i] in ("n/a", "-", "") for row in cells)
-        for i in range(len(headers))
-    ]
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---:" if n else "---" for n in numeric) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in cells]
-    return "\n".join(lines)
 
 
 def fmt(value: float | None, spec: str = ".2f") -> str:

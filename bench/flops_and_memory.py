@@ -37,9 +37,7 @@ from bench.common import (
     TrainFlops,
     attention_forward_flops,
     build_transformer,
-    count_parameters,
     default_dtype,
-    markdown_table,
     run_header,
     tera,
     token_groups,
@@ -48,6 +46,8 @@ from bench.common import (
 )
 from models.losses import LOSSES
 from models.segmenter import MaskPredictor, encode_latents
+from utils.measure import count_parameters
+from utils.tables import markdown_table
 
 GIB = 2**30
 SDPA_OPS = ("scaled_dot_product",)

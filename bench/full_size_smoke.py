@@ -8,7 +8,7 @@
    stabilityai/stable-diffusion-3.5-medium (model_index.json, transformer/, vae/, text_encoder{,_2,_3}/,
    tokenizer{,_2,_3}/, scheduler/), random weights, safetensors in bf16 as the hub ships them: the real
    SD3Transformer2DModel (2.24B parameters) and AutoencoderKL configs; text encoders at their real widths (CLIP-L 768,
-   CLIP-G 1280, T5-XXL d_model 4096) with 1 layer each; tokenizers of utils.demo_assets with the real lengths
+   CLIP-G 1280, T5-XXL d_model 4096) with 1 layer each; tokenizers of demo.assets with the real lengths
    (CLIP pads to 77, T5 to max_sequence_length 256: 333 text tokens).
 2. Writes N synthetic Trans10k-layout test images (dataset.synthetic scenes at photo-like, non-square sizes).
 3. Runs, as subprocesses and exactly as a user would: trainer.py's per-rank load of the fp32 transformer
@@ -51,9 +51,9 @@ from bench.common import (  # noqa: E402
     build_transformer,
     build_vae,
     default_dtype,
-    markdown_table,
 )
 from utils.config import REPO_ROOT, parse_config  # noqa: E402
+from utils.tables import markdown_table  # noqa: E402
 
 DEFAULT_WORKDIR = Path("/tmp/full_size_smoke")
 TEXT_ENCODER_LAYERS = 1  # the smoke's text encoders: real widths, 1 layer each
@@ -61,7 +61,7 @@ CLIP_MAX_LENGTH = 77  # SD3.5's CLIP tokenizers pad to 77 tokens
 
 # The text encoders of stabilityai/stable-diffusion-3.5-medium (text_encoder{,_2,_3}/config.json): CLIP ViT-L/14,
 # OpenCLIP ViT-bigG/14, T5 v1.1 XXL encoder. The smoke builds them with TEXT_ENCODER_LAYERS layers; the host-RAM
-# count uses the full depth. Token ids follow utils.demo_assets' character vocabularies.
+# count uses the full depth. Token ids follow demo.assets' character vocabularies.
 CLIP_L_CONFIG = {
     "vocab_size": 49408,
     "hidden_size": 768,
@@ -94,7 +94,7 @@ T5_XXL_CONFIG = {
     "layer_norm_epsilon": 1e-6,
     "tie_word_embeddings": False,
 }
-CLIP_TOKEN_IDS = {"bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 1}  # utils.demo_assets.build_clip_pair
+CLIP_TOKEN_IDS = {"bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 1}  # demo.assets.build_clip_pair
 WEIGHT_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 GIB = 2**30
 
@@ -108,7 +108,7 @@ def build_model_folder(model_dir: Path, weights_dtype: str, seed: int) -> None:
     from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
-    from utils.demo_assets import build_clip_pair, build_t5, transformers_progress_bars_disabled
+    from demo.assets import build_clip_pair, build_t5, transformers_progress_bars_disabled
 
     dtype = WEIGHT_DTYPES[weights_dtype]
     tokenizers = {}
@@ -154,7 +154,7 @@ def build_model_folder(model_dir: Path, weights_dtype: str, seed: int) -> None:
 
 def ensure_model_folder(workdir: Path, weights_dtype: str, seed: int, force: bool) -> tuple[Path, float | None]:
     """(folder, build seconds or None when a complete cached build was reused)."""
-    from utils.demo_assets import building, is_complete
+    from demo.assets import building, is_complete
 
     model_dir = workdir / f"sd35-medium-random-{weights_dtype}"
     params = {"weights_dtype": weights_dtype, "seed": seed, "text_encoder_layers": TEXT_ENCODER_LAYERS}
@@ -190,7 +190,7 @@ def image_size(index: int, width: int, height: int) -> tuple[int, int]:
 def ensure_data(workdir: Path, num_images: int, width: int, height: int, seed: int) -> tuple[Path, list[str]]:
     """A Trans10k test split (easy gets the odd image) of synthetic scenes upscaled to photo-like sizes."""
     from dataset.synthetic import EASY, HARD, render_scene
-    from utils.demo_assets import building, is_complete
+    from demo.assets import building, is_complete
 
     counts = {"easy": (num_images + 1) // 2, "hard": num_images // 2}
     subsets = [subset for subset, count in counts.items() if count]

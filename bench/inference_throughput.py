@@ -1,6 +1,6 @@
 """Inference throughput, end to end and per stage: load JPEG -> VAE encode -> transformer step -> VAE decode -> PNG.
 
-    python -m utils.demo_assets                                    # once: the demo data (1-2 min on a CPU)
+    python -m demo.assets                                    # once: the demo data (1-2 min on a CPU)
     python -m bench.inference_throughput --preset demo --num_threads 1   # tiny demo model, 64 px, demo test split
     python -m bench.inference_throughput --preset sd35-medium --data_dir data/Trans10k   # full size, bf16: CUDA only
 
@@ -8,11 +8,11 @@ Per batch, in the main thread and in this order (as predict.py / val_inference.p
 and resize the JPEGs (dataset.trans10k.load_image, as predict.py), encode (models.segmenter.encode_latents), one
 transformer step (MaskPredictor.predict_latents), decode (decode_raw_mask), then per image: resize the raw mask to
 the native size, convert to 8-bit and write <subset>/<stem>.png. "sync" writes the PNGs in the main thread; "async"
-hands them to utils.image_writer.BackgroundImageWriter (predict.py's writer) and waits for it at the end. The device
-is synchronised at each stage boundary so stages can be timed; end-to-end images/s covers the whole pass including
-the final wait for pending writes. Models are randomly initialised from the preset's config (speed does not depend
-on the weights); each (batch size, writer) row runs one untimed warm-up batch and then --repeats timed passes over
-the images, and reports the pass with the median wall time.
+hands them to evaluation.image_writer.BackgroundImageWriter (predict.py's writer) and waits for it at the end. The
+device is synchronised at each stage boundary so stages can be timed; end-to-end images/s covers the whole pass
+including the final wait for pending writes. Models are randomly initialised from the preset's config (speed does
+not depend on the weights); each (batch size, writer) row runs one untimed warm-up batch and then --repeats
+timed passes over the images, and reports the pass with the median wall time.
 """
 
 from __future__ import annotations
@@ -37,16 +37,16 @@ from bench.common import (
     build_transformer,
     build_vae,
     conditioning,
-    markdown_table,
     resolve_device,
     run_header,
     synchronize,
 )
 from dataset.trans10k import Sample, find_samples, load_image
 from dataset.transforms import IMAGE_RESAMPLE, image_to_tensor
+from evaluation.image_writer import BackgroundImageWriter, raw_to_png_array
+from evaluation.metrics import resize_raw
 from models.segmenter import MaskPredictor, decode_raw_mask, encode_latents
-from utils.image_writer import BackgroundImageWriter, raw_to_png_array
-from utils.metrics import resize_raw
+from utils.tables import markdown_table
 
 STAGES = ("load", "encode", "predict", "decode", "save")
 DEFAULT_BATCH_SIZES = {"demo": [1, 8, 32], "sd35-medium": [1, 4, 8]}
@@ -194,7 +194,7 @@ def async_speedups(rows: Sequence[tuple[int, str, Pass]]) -> str | None:
 def find_images(args: argparse.Namespace) -> list[Sample]:
     if not args.data_dir.is_dir():
         raise SystemExit(
-            f"--data_dir {args.data_dir} not found; build the demo data with `python -m utils.demo_assets` "
+            f"--data_dir {args.data_dir} not found; build the demo data with `python -m demo.assets` "
             "(1-2 minutes on a CPU) or pass a Trans10k root"
         )
     samples = find_samples(args.data_dir, args.split)

@@ -36,11 +36,8 @@ from bench.common import (
     build_vae,
     conditioning,
     fmt,
-    markdown_table,
     median,
-    peak_memory_gib,
     peak_memory_label,
-    reset_peak_memory,
     resolve_device,
     run_header,
     synchronize,
@@ -49,6 +46,8 @@ from bench.common import (
 )
 from models.losses import LOSSES
 from models.segmenter import MaskPredictor, encode_latents
+from utils.measure import peak_memory_gib, reset_peak_memory
+from utils.tables import markdown_table
 
 H100_SXM_BF16_DENSE_TFLOPS = 989.0
 DEFAULT_BATCH_SIZES = {"demo": [4, 16], "sd35-medium": [1, 2, 4]}

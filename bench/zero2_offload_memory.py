@@ -24,11 +24,8 @@ from bench.common import (
     PRESETS,
     build_transformer,
     conditioning,
-    markdown_table,
     median,
-    peak_memory_gib,
     peak_memory_label,
-    reset_peak_memory,
     resolve_device,
     run_header,
     time_calls,
@@ -36,6 +33,8 @@ from bench.common import (
 from models.losses import LOSSES
 from models.segmenter import MaskPredictor
 from utils.config import REPO_ROOT
+from utils.measure import peak_memory_gib, reset_peak_memory
+from utils.tables import markdown_table
 
 DS_CONFIG = REPO_ROOT / "configs" / "deepspeed" / "zero2_offload.json"
 

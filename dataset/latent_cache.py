@@ -10,7 +10,6 @@ Random crops and colour jitter draw new pixels every epoch and cannot be cached:
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,25 +22,17 @@ from tqdm.auto import tqdm
 
 from dataset.trans10k import Sample, Trans10kTrain, read_image_size
 from dataset.transforms import sample_train_augmentation
-from utils.run_snapshot import atomic_write_text
+from utils.atomic import atomic_path, atomic_write_json
+from utils.cache import content_key, file_stamp
 
 COMPLETE = "complete.json"
 
 
-def cache_key(vae_fingerprint: dict, resolution: int, random_flip: bool, samples: Sequence[Sample]) -> str:
-    manifest = [
-        (
-            str(s.image_path),
-            s.image_path.stat().st_size,
-            s.image_path.stat().st_mtime_ns,
-            str(s.mask_path),
-            s.mask_path.stat().st_size,
-            s.mask_path.stat().st_mtime_ns,
-        )
-        for s in samples
-    ]
+def latent_key(vae_fingerprint: dict, resolution: int, random_flip: bool, samples: Sequence[Sample]) -> str:
+    """VAE, resolution, flips and every image and mask file (path, size, mtime) of the split."""
+    manifest = [(*file_stamp(s.image_path), *file_stamp(s.mask_path)) for s in samples]
     payload = {"vae": vae_fingerprint, "resolution": resolution, "random_flip": random_flip, "files": manifest}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return content_key(payload)
 
 
 def vae_fingerprint(model: str, revision: str | None, variant: str | None, vae, dtype: torch.dtype) -> dict:
@@ -66,7 +57,7 @@ def latent_cache_dir(
 ) -> Path:
     """`<cache_root>/latents/<key>`: one folder per VAE, resolution, flip setting and dataset manifest."""
     fingerprint = vae_fingerprint(model, revision, variant, vae, vae.dtype)
-    return Path(cache_root) / "latents" / cache_key(fingerprint, resolution, random_flip, samples)
+    return Path(cache_root) / "latents" / latent_key(fingerprint, resolution, random_flip, samples)
 
 
 def _variants(random_flip: bool) -> tuple[str, ...]:
@@ -105,15 +96,13 @@ def build_latent_cache(
                 tensors.update(
                     {f"{i}/{kind}{suffix}": latent.contiguous() for i, latent in zip(indices, latents, strict=True)}
                 )
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = cache_dir / f".shard-{rank}.tmp"
-    save_file(tensors, str(tmp))
-    tmp.replace(cache_dir / f"shard-{rank}.safetensors")
+    with atomic_path(cache_dir / f"shard-{rank}.safetensors") as tmp:
+        save_file(tensors, str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         sizes = {i: list(read_image_size(s.image_path)) for i, s in enumerate(samples)}
         index = {"num_samples": len(samples), "num_shards": world, "random_flip": random_flip, "image_sizes": sizes}
-        atomic_write_text(cache_dir / COMPLETE, json.dumps(index) + "\n")
+        atomic_write_json(cache_dir / COMPLETE, index)
     accelerator.wait_for_everyone()
     return cache_dir
 

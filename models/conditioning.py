@@ -8,16 +8,14 @@ encoders ran in and (for local folders) the text-encoder weight files, so later 
 from __future__ import annotations
 
 import gc
-import hashlib
-import json
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from utils.run_snapshot import atomic_write_text
+from utils.atomic import atomic_path, atomic_write_json
+from utils.cache import cache_root, content_key, file_stamp
 
-DEFAULT_CACHE_DIR = Path.home() / ".cache" / "transparency_sd35"
 TEXT_SUBFOLDERS = ("text_encoder", "text_encoder_2", "text_encoder_3", "tokenizer", "tokenizer_2", "tokenizer_3")
 
 
@@ -32,7 +30,7 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def cache_key(
+def conditioning_key(
     model: str, revision: str | None, variant: str | None, max_sequence_length: int, dtype: torch.dtype
 ) -> str:
     """Model id, revision, variant, T5 length and compute dtype (bf16 and fp32 encoders give different embeddings);
@@ -47,15 +45,12 @@ def cache_key(
     folder = Path(model)
     if folder.is_dir():
         fingerprint["files"] = sorted(
-            (str(path.relative_to(folder)), path.stat().st_size, path.stat().st_mtime_ns)
-            for sub in TEXT_SUBFOLDERS
-            for path in (folder / sub).glob("*")
-            if path.is_file()
+            file_stamp(path) for sub in TEXT_SUBFOLDERS for path in (folder / sub).glob("*") if path.is_file()
         )
-    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
+    return content_key(fingerprint)
 
 
-def cache_path(
+def conditioning_path(
     cache_dir: str | Path | None,
     model: str,
     revision: str | None,
@@ -63,8 +58,8 @@ def cache_path(
     max_sequence_length: int,
     dtype: torch.dtype,
 ) -> Path:
-    key = cache_key(model, revision, variant, max_sequence_length, dtype)
-    return Path(cache_dir or DEFAULT_CACHE_DIR) / "prompt_embeds" / f"empty_prompt_{key}.safetensors"
+    key = conditioning_key(model, revision, variant, max_sequence_length, dtype)
+    return cache_root(cache_dir) / "prompt_embeds" / f"empty_prompt_{key}.safetensors"
 
 
 @torch.no_grad()
@@ -119,13 +114,11 @@ def load_empty_prompt_embeds(
     Call it under `accelerator.local_main_process_first()` so one process per machine computes and the others read.
     """
     dtype = conditioning_dtype(device)
-    path = cache_path(cache_dir, model, revision, variant, max_sequence_length, dtype)
+    path = conditioning_path(cache_dir, model, revision, variant, max_sequence_length, dtype)
     if not path.exists():
         prompt_embeds, pooled = encode_empty_prompt(model, revision, variant, device, dtype, max_sequence_length)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        save_file({"prompt_embeds": prompt_embeds, "pooled_prompt_embeds": pooled}, str(tmp))
-        tmp.replace(path)
+        with atomic_path(path) as tmp:  # per-process temporary: two machines may compute it at once
+            save_file({"prompt_embeds": prompt_embeds, "pooled_prompt_embeds": pooled}, str(tmp))
         sidecar = {
             "model": model,
             "revision": revision,
@@ -133,6 +126,6 @@ def load_empty_prompt_embeds(
             "max_sequence_length": max_sequence_length,
             "dtype": dtype_name(dtype),
         }
-        atomic_write_text(path.with_suffix(".json"), json.dumps(sidecar))
+        atomic_write_json(path.with_suffix(".json"), sidecar)
     tensors = load_file(str(path))
     return tensors["prompt_embeds"], tensors["pooled_prompt_embeds"]

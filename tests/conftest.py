@@ -29,7 +29,7 @@ TINY_COUNTS = {
 @pytest.fixture(scope="session")
 def tiny_assets(tmp_path_factory) -> dict[str, Path]:
     """A tiny SD3.5-layout model folder and synthetic Trans10k tree, built once per test session."""
-    from utils.demo_assets import build_demo_assets
+    from demo.assets import build_demo_assets
 
     root = tmp_path_factory.mktemp("assets")
     folders = build_demo_assets(root, seed=0, counts=TINY_COUNTS, vae_fit_steps=2, vae_fit_batch_size=4)

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from utils.image_writer import png_to_raw
+from evaluation.image_writer import png_to_raw
 
 pytestmark = pytest.mark.slow
 

@@ -16,7 +16,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from utils.run_snapshot import atomic_write_text
+from utils.atomic import atomic_write_json
 
 MARKER = "checkpoint.json"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
@@ -84,7 +84,7 @@ def prune_checkpoints(output_dir: str | Path, keep: int) -> list[Path]:
 def publish_checkpoint(tmp_dir: Path, step: int, metadata: dict) -> Path:
     """Write the marker last, then rename into place (main process only, after every rank finished writing)."""
     final = tmp_dir.parent / f"checkpoint-{step}"
-    atomic_write_text(tmp_dir / MARKER, json.dumps({"step": step, **metadata}, indent=2) + "\n")
+    atomic_write_json(tmp_dir / MARKER, {"step": step, **metadata})
     if final.exists():  # the same step from an earlier run (e.g. resumed from an older checkpoint): keep it until
         old = _sibling(final.parent, step, "old")  # the new one is in place
         if old.exists():

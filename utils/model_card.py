@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from utils.run_snapshot import atomic_write_text
+from utils.atomic import atomic_write_text
 
 
 def write_model_card(args: argparse.Namespace, output_dir: Path, steps: int, metrics: dict) -> None:

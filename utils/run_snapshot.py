@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import platform
 import subprocess
 import sys
@@ -12,6 +10,7 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
+from utils.atomic import atomic_write_json, atomic_write_text
 from utils.config import REPO_ROOT, dump_config
 
 PACKAGES = ("torch", "diffusers", "transformers", "accelerate", "deepspeed", "safetensors", "numpy", "pillow")
@@ -45,15 +44,7 @@ def package_versions() -> dict[str, str | None]:
     return versions
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write to a temporary name and rename, so a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def write_run_snapshot(args: argparse.Namespace, directory: str | Path, extra: dict | None = None) -> None:
+def write_run_snapshot(args: argparse.Namespace, directory: str | Path) -> None:
     """`config.yaml` (resolved, reusable with --config) and `run_info.json` in `directory`."""
     directory = Path(directory)
     atomic_write_text(directory / "config.yaml", dump_config(args))
@@ -64,6 +55,5 @@ def write_run_snapshot(args: argparse.Namespace, directory: str | Path, extra: d
         "python": platform.python_version(),
         "git": git_state(),
         "packages": package_versions(),
-        **(extra or {}),
     }
-    atomic_write_text(directory / "run_info.json", json.dumps(info, indent=2) + "\n")
+    atomic_write_json(directory / "run_info.json", info)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from dataset.latent_cache import COMPLETE, CachedLatentsTrain, build_latent_cache, cache_key, vae_fingerprint
+from dataset.latent_cache import COMPLETE, CachedLatentsTrain, build_latent_cache, latent_key, vae_fingerprint
 from dataset.trans10k import TrainSampler, Trans10kTrain, find_samples
 from models.loading import load_frozen_vae
 from models.segmenter import encode_latents
@@ -15,7 +15,7 @@ from utils.config import ConfigError, parse_config
 def cached(tiny_assets, tmp_path_factory):
     samples = find_samples(tiny_assets["data"], "train")[:6]
     vae = load_frozen_vae(str(tiny_assets["model"]), None, None, torch.float32)
-    key = cache_key(vae_fingerprint("tiny", None, None, vae, vae.dtype), 64, True, samples)
+    key = latent_key(vae_fingerprint("tiny", None, None, vae, vae.dtype), 64, True, samples)
     cache_dir = tmp_path_factory.mktemp("latents") / key
     build_latent_cache(cache_dir, samples, 64, True, vae, encode_latents, Accelerator(cpu=True), batch_size=4)
     return samples, vae, cache_dir
@@ -59,14 +59,14 @@ def test_complete_cache_is_reused_and_incomplete_is_rebuilt(cached):
 def test_key_covers_vae_resolution_flip_and_files(cached):
     samples, vae, _ = cached
     fingerprint = vae_fingerprint("tiny", None, None, vae, vae.dtype)
-    base = cache_key(fingerprint, 64, True, samples)
-    assert cache_key(fingerprint, 128, True, samples) != base
-    assert cache_key(fingerprint, 64, False, samples) != base
-    assert cache_key(vae_fingerprint("tiny", "rev2", None, vae, vae.dtype), 64, True, samples) != base
+    base = latent_key(fingerprint, 64, True, samples)
+    assert latent_key(fingerprint, 128, True, samples) != base
+    assert latent_key(fingerprint, 64, False, samples) != base
+    assert latent_key(vae_fingerprint("tiny", "rev2", None, vae, vae.dtype), 64, True, samples) != base
     stat = samples[0].mask_path.stat()
     os.utime(samples[0].mask_path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
     try:
-        assert cache_key(fingerprint, 64, True, samples) != base
+        assert latent_key(fingerprint, 64, True, samples) != base
     finally:
         os.utime(samples[0].mask_path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
 

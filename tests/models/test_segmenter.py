@@ -4,11 +4,11 @@ import torch
 
 import models.conditioning
 from dataset.trans10k import Trans10kTrain, find_samples
-from models.conditioning import cache_path, conditioning_dtype, encode_empty_prompt, load_empty_prompt_embeds
+from demo.assets import CLIP_MAX_LENGTH
+from models.conditioning import conditioning_dtype, conditioning_path, encode_empty_prompt, load_empty_prompt_embeds
 from models.loading import load_base_transformer, load_frozen_vae, resolve_transformer_dir
 from models.losses import latent_mse
 from models.segmenter import MaskPredictor, decode_raw_mask, encode_latents
-from utils.demo_assets import CLIP_MAX_LENGTH
 
 CPU = torch.device("cpu")
 T5_TOKENS = 8
@@ -31,7 +31,7 @@ def train_batch(tiny_assets, size: int = 4) -> dict:
 def test_conditioning_is_cached_and_matches_the_text_encoders(tiny_assets):
     model = str(tiny_assets["model"])
     prompt_embeds, pooled = load_empty_prompt_embeds(model, None, None, tiny_assets["cache"], CPU, T5_TOKENS)
-    assert cache_path(tiny_assets["cache"], model, None, None, T5_TOKENS, torch.float32).is_file()
+    assert conditioning_path(tiny_assets["cache"], model, None, None, T5_TOKENS, torch.float32).is_file()
     transformer = load_base_transformer(model, None, None)
     # CLIP tokens (the tokenizers' model_max_length) followed by max_sequence_length T5 tokens.
     assert prompt_embeds.shape == (1, CLIP_MAX_LENGTH + T5_TOKENS, transformer.config.joint_attention_dim)
@@ -41,10 +41,10 @@ def test_conditioning_is_cached_and_matches_the_text_encoders(tiny_assets):
     again, again_pooled = load_empty_prompt_embeds(model, None, None, tiny_assets["cache"], CPU, T5_TOKENS)
     assert torch.equal(again, fresh) and torch.equal(again_pooled, fresh_pooled)
     # Anything that changes the conditioning changes the cache file.
-    base = cache_path(tiny_assets["cache"], model, None, None, T5_TOKENS, torch.float32)
-    assert cache_path(tiny_assets["cache"], model, "other-revision", None, T5_TOKENS, torch.float32) != base
-    assert cache_path(tiny_assets["cache"], model, None, None, T5_TOKENS + 1, torch.float32) != base
-    assert cache_path(tiny_assets["cache"], model, None, None, T5_TOKENS, torch.bfloat16) != base
+    base = conditioning_path(tiny_assets["cache"], model, None, None, T5_TOKENS, torch.float32)
+    assert conditioning_path(tiny_assets["cache"], model, "other-revision", None, T5_TOKENS, torch.float32) != base
+    assert conditioning_path(tiny_assets["cache"], model, None, None, T5_TOKENS + 1, torch.float32) != base
+    assert conditioning_path(tiny_assets["cache"], model, None, None, T5_TOKENS, torch.bfloat16) != base
 
 
 def test_conditioning_dtype_is_bf16_on_gpu_and_fp32_on_cpu():
@@ -55,7 +55,7 @@ def test_conditioning_dtype_is_bf16_on_gpu_and_fp32_on_cpu():
 def test_conditioning_cache_is_keyed_by_the_dtype_it_was_computed_in(tiny_assets, tmp_path, monkeypatch):
     model, cache = str(tiny_assets["model"]), tmp_path / "cache"
     fp32, _ = load_empty_prompt_embeds(model, None, None, cache, CPU, T5_TOKENS)
-    fp32_file = cache_path(cache, model, None, None, T5_TOKENS, torch.float32)
+    fp32_file = conditioning_path(cache, model, None, None, T5_TOKENS, torch.float32)
     assert json.loads(fp32_file.with_suffix(".json").read_text())["dtype"] == "float32"
     # A GPU computes in bf16: it must get bf16 embeddings, not the fp32 ones already cached. (The encoders run in
     # bf16 on this CPU here; only the dtype choice is swapped.)
@@ -64,7 +64,7 @@ def test_conditioning_cache_is_keyed_by_the_dtype_it_was_computed_in(tiny_assets
     fresh, fresh_pooled = encode_empty_prompt(model, None, None, CPU, torch.bfloat16, T5_TOKENS)
     assert torch.equal(bf16, fresh) and torch.equal(bf16_pooled, fresh_pooled)
     assert not torch.equal(bf16, fp32)
-    bf16_file = cache_path(cache, model, None, None, T5_TOKENS, torch.bfloat16)
+    bf16_file = conditioning_path(cache, model, None, None, T5_TOKENS, torch.bfloat16)
     assert json.loads(bf16_file.with_suffix(".json").read_text())["dtype"] == "bfloat16"
     assert sorted(p.name for p in (cache / "prompt_embeds").glob("*.safetensors")) == sorted(
         [fp32_file.name, bf16_file.name]

@@ -5,7 +5,7 @@ from PIL import Image
 
 from dataset.trans10k import Sample, Trans10kEval
 from dataset.transforms import STUFF_LEVEL, THINGS_LEVEL
-from utils.evaluation import gt_binary_at, scoring_pair
+from evaluation.scoring import gt_binary_at, scoring_pair
 
 GREY_LEVELS = np.array([0, THINGS_LEVEL, STUFF_LEVEL], dtype=np.uint8)
 

@@ -8,7 +8,7 @@ import pytest
 from launcher import free_port, launch_env
 
 from utils.config import REPO_ROOT, parse_config
-from utils.deepspeed_check import check_deepspeed_config, deepspeed_mismatches, launch_mismatch
+from utils.distributed import check_deepspeed_config, deepspeed_mismatches, launch_mismatch
 
 
 def load_ds(name: str = "ds_config.json") -> dict:
@@ -58,7 +58,7 @@ def test_mismatches_stop_the_run_showing_both_values():
 ZERO2_STEP = r"""
 import json, os, sys, torch, deepspeed
 from diffusers import SD3Transformer2DModel
-from utils.deepspeed_check import check_deepspeed_config
+from utils.distributed import check_deepspeed_config
 from utils.config import parse_config
 
 args = parse_config(["--train_batch_size", "2", "--gradient_accumulation_steps", "1", "--mixed_precision", "no"])[0]

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from dataset.transforms import MASK_RESAMPLE
-from utils.metrics import ImageScore, binarize_gt, resize_raw, score_image
+from evaluation.metrics import ImageScore, binarize_gt, resize_raw, score_image
 
 
 def gt_binary_at(gt_classes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

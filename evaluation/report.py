@@ -1,19 +1,19 @@
 """Evaluation outputs: metrics.json, metrics.md (beside published Trans10k results), per_image.csv, summary table.
 
-``subsets_summary`` everywhere is what ``utils.metrics.summarize_subsets`` returns:
+``subsets_summary`` everywhere is what ``evaluation.metrics.summarize_subsets`` returns:
 {"easy"|"hard"|...|"mix": {"num_images": N, "per_image_mean": {metric: v}, "dataset": {metric: v}}}.
 """
 
 from __future__ import annotations
 
 import csv
-import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from utils.metrics import METRIC_NAMES, ImageScore
+from evaluation.metrics import METRIC_NAMES, ImageScore
+from utils.atomic import atomic_path, atomic_write_json, atomic_write_text
+from utils.tables import markdown_table
 
 # How each statistic is named in tables; both are always printed because the seed does not say which it reported.
 STATISTICS = {"per_image_mean": "per-image mean", "dataset": "dataset-pooled"}
@@ -70,14 +70,6 @@ REFERENCE_ROWS: tuple[ReferenceRow, ...] = (
 )
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write to a temporary name and rename, so a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_metrics_json(
     path: str | Path, threshold: float, subsets_summary: dict[str, dict], extra: dict | None = None
 ) -> None:
@@ -87,18 +79,11 @@ def write_metrics_json(
     if clashes:
         raise ValueError(f"extra keys {sorted(clashes)} would overwrite the fixed metrics.json keys")
     payload = {"threshold": float(threshold), "subsets": subsets_summary, **extra}
-    # allow_nan=False: the metrics are defined never to be NaN, so a NaN here is a bug to surface, not to hide.
-    _atomic_write_text(Path(path), json.dumps(payload, indent=2, allow_nan=False) + "\n")
+    atomic_write_json(path, payload)  # refuses NaN: the metrics are defined never to be NaN, so one is a bug
 
 
 def _format_value(value: float | None) -> str:
     return MISSING if value is None else f"{value:.4f}"
-
-
-def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def format_summary_table(subsets_summary: dict[str, dict]) -> str:
@@ -109,7 +94,7 @@ def format_summary_table(subsets_summary: dict[str, dict]) -> str:
         for key, label in STATISTICS.items():
             values = [_format_value(summary[key][m]) for m in METRIC_NAMES]
             rows.append([subset, label, str(summary["num_images"]), *values])
-    return _markdown_table(header, rows)
+    return markdown_table(header, rows)
 
 
 def _headline_header() -> list[str]:
@@ -161,7 +146,7 @@ def format_metrics_md(
         f"# {title}",
         protocol_note.strip(),
         "## Trans10k test: this run beside published results",
-        _markdown_table(_headline_header(), rows),
+        markdown_table(_headline_header(), rows),
         "\n".join(notes),
         "## All metrics of this run",
         format_summary_table(subsets_summary),
@@ -185,15 +170,12 @@ def write_metrics_md(
     unknown. ``oracle_summary`` (same shape as ``subsets_summary``) adds rows labelled ``oracle_label``.
     """
     text = format_metrics_md(subsets_summary, title, protocol_note, oracle_summary, oracle_label)
-    _atomic_write_text(Path(path), text)
+    atomic_write_text(path, text)
 
 
 def write_per_image_csv(path: str | Path, scores: Sequence[ImageScore]) -> None:
     """One row per image: stem, subset, size, every metric, then the raw counts; sorted by subset then stem."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("w", newline="", encoding="utf-8") as handle:
+    with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
         writer.writeheader()
         for score in sorted(scores, key=lambda s: (s.subset, s.stem)):
@@ -204,7 +186,6 @@ def write_per_image_csv(path: str | Path, scores: Sequence[ImageScore]) -> None:
                 | score.metrics()
                 | counts
             )
-    os.replace(tmp, path)
 
 
 def read_per_image_csv(path: str | Path) -> list[ImageScore]:

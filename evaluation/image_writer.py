@@ -7,7 +7,6 @@ round trip moves a value by at most 1/510. The 0.5 threshold falls between PNG v
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -16,6 +15,8 @@ from types import TracebackType
 import numpy as np
 import torch
 from PIL import Image
+
+from utils.atomic import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -32,14 +33,9 @@ class ImageWriteError(RuntimeError):
 
 
 def _save_png(path: Path, image: Image.Image, compress_level: int) -> None:
-    """Create parent dirs, write to a temporary name and rename: an interrupted run never leaves a truncated PNG."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-    try:
+    """Atomic: an interrupted run never leaves a truncated PNG."""
+    with atomic_path(path) as tmp:
         image.save(tmp, format="PNG", compress_level=compress_level)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _to_pil(image: np.ndarray | Image.Image) -> Image.Image:
@@ -203,7 +199,7 @@ def render_panel(
     if not (rgb.shape[:2] == raw_grey.shape == gt.shape):
         raise ValueError(
             f"panel inputs differ in size: image {rgb.shape[:2]}, raw {raw_grey.shape}, gt {gt.shape}; "
-            "resize the prediction to the GT size first (utils.metrics.resize_raw)"
+            "resize the prediction to the GT size first (evaluation.metrics.resize_raw)"
         )
     # Threshold the float values, not the PNG bytes, so the panel agrees with score_image.
     predicted = (raw.detach().cpu().to(torch.float64).reshape(gt.shape) >= threshold).numpy()

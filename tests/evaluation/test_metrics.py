@@ -13,7 +13,7 @@ from torchmetrics.classification import (
 )
 from torchmetrics.regression import MeanAbsoluteError, MeanSquaredError
 
-from utils.metrics import (
+from evaluation.metrics import (
     METRIC_NAMES,
     ImageScore,
     ThresholdSweep,

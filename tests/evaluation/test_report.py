@@ -4,7 +4,8 @@ import json
 import pytest
 import torch
 
-from utils.eval_report import (
+from evaluation.metrics import METRIC_NAMES, score_image, summarize_subsets
+from evaluation.report import (
     CSV_FIELDS,
     format_summary_table,
     read_per_image_csv,
@@ -12,7 +13,6 @@ from utils.eval_report import (
     write_metrics_md,
     write_per_image_csv,
 )
-from utils.metrics import METRIC_NAMES, score_image, summarize_subsets
 
 
 @pytest.fixture

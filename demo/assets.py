@@ -1,6 +1,6 @@
 """Build the offline demo assets: a synthetic Trans10k and a tiny model folder in the SD3.5 hub layout.
 
-    python -m utils.demo_assets [--output_dir demo_assets] [--seed 0] [--force]
+    python -m demo.assets [--output_dir demo_assets] [--seed 0] [--force]
 
 writes
     <output_dir>/trans10k/   synthetic data in the Trans10k layout (dataset/synthetic.py)
@@ -44,6 +44,7 @@ from transformers import (
 from transformers.utils import logging as transformers_logging
 
 from dataset.synthetic import resolve_counts, split_dir, write_synthetic_trans10k
+from utils.measure import count_parameters
 
 DATA_DIRNAME = "trans10k"
 MODEL_DIRNAME = "sd35-tiny"
@@ -116,10 +117,6 @@ T5_D_MODEL = 32  # = joint_attention_dim (CLIP hidden states are zero-padded to 
 
 
 # ---------------------------------------------------------------- components
-
-
-def count_parameters(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def build_clip_pair(seed: int) -> tuple[CLIPTextModelWithProjection, CLIPTokenizer]:

@@ -13,7 +13,7 @@ from diffusers import AutoencoderKL, SD3Transformer2DModel, StableDiffusion3Pipe
 from transformers import CLIPTextModelWithProjection, CLIPTokenizer, T5EncoderModel, T5Tokenizer
 
 from dataset.synthetic import split_dir
-from utils import demo_assets
+from demo import assets as demo_assets
 
 SMALL_COUNTS = {"train": 32, "validation/easy": 1, "validation/hard": 1, "test/easy": 6, "test/hard": 6}
 SHORT_FIT_STEPS = 60  # enough to beat an unfitted VAE clearly, a few seconds on 2 CPU cores
@@ -241,8 +241,8 @@ def test_failed_build_leaves_no_folder_that_looks_complete(tmp_path: Path, monke
 
 @pytest.mark.slow
 def test_cli_builds_demo_assets_that_meet_the_targets(tmp_path: Path) -> None:
-    """The default build, as `python -m utils.demo_assets` runs it: the VAE must keep masks intact."""
-    command = [sys.executable, "-m", "utils.demo_assets", "--output_dir", str(tmp_path)]
+    """The default build, as `python -m demo.assets` runs it: the VAE must keep masks intact."""
+    command = [sys.executable, "-m", "demo.assets", "--output_dir", str(tmp_path)]
     subprocess.run(command, cwd=REPO_ROOT, check=True, timeout=900)
     report = json.loads((tmp_path / "sd35-tiny" / demo_assets.REPORT_FILENAME).read_text())
     assert report["mask_roundtrip_iou_test"] >= 0.97

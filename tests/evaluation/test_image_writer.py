@@ -5,15 +5,15 @@ import pytest
 import torch
 from PIL import Image
 
-import utils.image_writer as image_writer
-from utils.image_writer import (
+import evaluation.image_writer as image_writer
+from evaluation.image_writer import (
     BackgroundImageWriter,
     ImageWriteError,
     png_to_raw,
     raw_to_png_array,
     render_panel,
 )
-from utils.metrics import score_image
+from evaluation.metrics import score_image
 
 
 def test_writer_round_trips_arrays_and_pil_images(tmp_path):
