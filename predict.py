@@ -18,9 +18,8 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from dataset.trans10k import load_image
-from dataset.transforms import IMAGE_RESAMPLE, image_to_tensor
+from dataset.transforms import IMAGE_RESAMPLE, image_to_tensor, resize_raw
 from evaluation.image_writer import BackgroundImageWriter, raw_to_png_array
-from evaluation.metrics import resize_raw
 from models.loading import inference_dtype
 from models.segmenter import load_predictor
 from utils.config import load_config

@@ -28,9 +28,10 @@ from tqdm.auto import tqdm
 
 from dataset.latent_cache import CachedLatentsTrain, build_latent_cache, latent_cache_dir
 from dataset.trans10k import TrainSampler, Trans10kEval, Trans10kTrain, eval_collate, validate_split
+from dataset.transforms import tensor_to_image
 from evaluation.image_writer import render_panel
 from evaluation.metrics import summarize
-from evaluation.scoring import score_batch, to_uint8_image
+from evaluation.scoring import score_batch
 from models.conditioning import load_empty_prompt_embeds
 from models.loading import load_base_transformer, load_frozen_vae, precision_dtype
 from models.losses import LOSSES
@@ -194,7 +195,7 @@ def run_validation(predictor: MaskPredictor, val_loader, accelerator: Accelerato
         scores += accelerator.gather_for_metrics(batch_scores, use_gather_object=True)
         if accelerator.is_main_process:
             for i in range(len(batch_scores)):
-                image, gt = to_uint8_image(batch["pixel_values"][i]), batch["mask_values"][i, 0] > 0
+                image, gt = tensor_to_image(batch["pixel_values"][i]), batch["mask_values"][i, 0] > 0
                 panels.append(np.asarray(render_panel(image, raw[i].cpu(), gt.cpu(), args.threshold)))
     summary = summarize(scores)
     metrics = {"val/loss": torch.cat(losses).mean().item(), "val/iou": summary["dataset"]["iou"]}

@@ -20,8 +20,9 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from dataset.trans10k import Sample, Trans10kEval, eval_collate, load_image, load_mask_grey, validate_split
+from dataset.transforms import resize_raw
 from evaluation.image_writer import BackgroundImageWriter, png_to_raw, raw_to_png_array, render_panel
-from evaluation.metrics import ImageScore, resize_raw, summarize_subsets, sweep_histogram, threshold_sweep, worst_k
+from evaluation.metrics import ImageScore, summarize_subsets, sweep_histogram, threshold_sweep, worst_k
 from evaluation.report import format_summary_table, write_metrics_json, write_metrics_md, write_per_image_csv
 from evaluation.scoring import score_batch
 from models.loading import inference_dtype, load_frozen_vae, resolve_transformer_dir

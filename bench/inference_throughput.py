@@ -42,9 +42,8 @@ from bench.common import (
     synchronize,
 )
 from dataset.trans10k import Sample, find_samples, load_image
-from dataset.transforms import IMAGE_RESAMPLE, image_to_tensor
+from dataset.transforms import IMAGE_RESAMPLE, image_to_tensor, resize_raw
 from evaluation.image_writer import BackgroundImageWriter, raw_to_png_array
-from evaluation.metrics import resize_raw
 from models.segmenter import MaskPredictor, decode_raw_mask, encode_latents
 from utils.tables import markdown_table
 

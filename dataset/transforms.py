@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import ExifTags, Image, ImageChops, ImageEnhance, ImageOps
 
 # Class map values returned by grey_to_classes; 0/1/2 as in the Trans10k authors' loaders (TransLab, Trans2Seg).
@@ -249,3 +250,31 @@ def augment_pair(
     if augmentation.jitter is not None:
         image = color_jitter(image, augmentation.jitter)
     return image, mask_grey
+
+
+def tensor_to_image(pixel_values: torch.Tensor) -> np.ndarray:
+    """[3, H, W] in [-1, 1] -> H x W x 3 uint8: the inverse of `image_to_tensor`, for panels."""
+    array = ((pixel_values.float().clamp(-1, 1) + 1) * 127.5).round().byte()
+    return array.permute(1, 2, 0).cpu().numpy()
+
+
+def resize_raw(raw: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of a [h, w] or [1, h, w] prediction to ``size`` = (H, W); float32 [H, W] clamped to [0, 1].
+
+    align_corners=False matches how images are resized for the model; antialias only when shrinking, where plain
+    bilinear would alias thin structures. The clamp removes bilinear/antialias overshoot outside [0, 1].
+    """
+    image = raw[0] if raw.dim() == 3 and raw.shape[0] == 1 else raw
+    if image.dim() != 2:
+        raise ValueError(f"raw must be [H, W] or [1, H, W], got shape {tuple(raw.shape)}")
+    image = image.detach().float()
+    height, width = int(size[0]), int(size[1])
+    if height <= 0 or width <= 0:
+        raise ValueError(f"target size must be positive, got {size}")
+    if tuple(image.shape) == (height, width):
+        return image.clamp(0.0, 1.0)
+    downsampling = height < image.shape[0] or width < image.shape[1]
+    resized = F.interpolate(
+        image[None, None], size=(height, width), mode="bilinear", align_corners=False, antialias=downsampling
+    )
+    return resized[0, 0].clamp(0.0, 1.0)

@@ -199,7 +199,7 @@ def render_panel(
     if not (rgb.shape[:2] == raw_grey.shape == gt.shape):
         raise ValueError(
             f"panel inputs differ in size: image {rgb.shape[:2]}, raw {raw_grey.shape}, gt {gt.shape}; "
-            "resize the prediction to the GT size first (evaluation.metrics.resize_raw)"
+            "resize the prediction to the GT size first (dataset.transforms.resize_raw)"
         )
     # Threshold the float values, not the PNG bytes, so the panel agrees with score_image.
     predicted = (raw.detach().cpu().to(torch.float64).reshape(gt.shape) >= threshold).numpy()

@@ -10,7 +10,8 @@ Definitions (the README prints the same text):
   too: an empty mask predicted empty is perfect, never NaN).
 - ``per_image_mean``: mean over images of the per-image metrics. ``dataset``: the same formulas applied to counts
   and error sums pooled over all pixels of all images.
-- Scoring happens at each ground truth's native size: ``resize_raw`` brings a prediction there before thresholding.
+- Scoring happens at each ground truth's native size: ``dataset.transforms.resize_raw`` brings a prediction there
+  before thresholding.
 
 Gathering across processes: an ``ImageScore`` is a small picklable dataclass, so the simplest exact route is
 ``accelerator.gather_for_metrics(list_of_image_scores)`` (accelerate falls back to ``gather_object`` for non-tensors
@@ -26,7 +27,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 METRIC_NAMES = ("iou", "recall", "precision", "f1", "acc", "ber", "mae", "mse")
 # Metrics where a larger value is worse (used to pick the worst images).
@@ -116,25 +116,6 @@ def _as_image_2d(tensor: torch.Tensor, name: str) -> torch.Tensor:
     return tensor
 
 
-def resize_raw(raw: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear resize of a [h, w] or [1, h, w] prediction to ``size`` = (H, W); float32 [H, W] clamped to [0, 1].
-
-    align_corners=False matches how images are resized for the model; antialias only when shrinking, where plain
-    bilinear would alias thin structures. The clamp removes bilinear/antialias overshoot outside [0, 1].
-    """
-    image = _as_image_2d(raw, "raw").detach().float()
-    height, width = int(size[0]), int(size[1])
-    if height <= 0 or width <= 0:
-        raise ValueError(f"target size must be positive, got {size}")
-    if tuple(image.shape) == (height, width):
-        return image.clamp(0.0, 1.0)
-    downsampling = height < image.shape[0] or width < image.shape[1]
-    resized = F.interpolate(
-        image[None, None], size=(height, width), mode="bilinear", align_corners=False, antialias=downsampling
-    )
-    return resized[0, 0].clamp(0.0, 1.0)
-
-
 def _float64_device(tensor: torch.Tensor) -> torch.Tensor:
     # MPS has no float64; every other device (CPU, CUDA) counts in place.
     return tensor.cpu() if tensor.device.type == "mps" else tensor
@@ -186,8 +167,8 @@ def score_image(
 ) -> ImageScore:
     """Score one image: raw float [H, W] in [0, 1] and gt [H, W] (bool, or any dtype where non-zero = foreground).
 
-    Both must already be at the GT's native size (see ``resize_raw``); [1, H, W] is accepted too. Works on any
-    device; the counts come back as python ints after a single host sync.
+    Both must already be at the GT's native size (see ``dataset.transforms.resize_raw``); [1, H, W] is accepted too.
+    Works on any device; the counts come back as python ints after a single host sync.
     """
     if raw.shape != gt_binary.shape:
         raise ValueError(f"raw shape {tuple(raw.shape)} differs from gt shape {tuple(gt_binary.shape)}")

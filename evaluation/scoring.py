@@ -8,8 +8,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dataset.transforms import MASK_RESAMPLE
-from evaluation.metrics import ImageScore, binarize_gt, resize_raw, score_image
+from dataset.transforms import MASK_RESAMPLE, resize_raw
+from evaluation.metrics import ImageScore, binarize_gt, score_image
 
 
 def gt_binary_at(gt_classes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -56,9 +56,3 @@ def score_batch(
         scored_raws.append(raw)
         gts.append(gt)
     return scores, scored_raws, gts
-
-
-def to_uint8_image(pixel_values: torch.Tensor) -> np.ndarray:
-    """[3, H, W] in [-1, 1] -> H x W x 3 uint8, for panels."""
-    array = ((pixel_values.float().clamp(-1, 1) + 1) * 127.5).round().byte()
-    return array.permute(1, 2, 0).cpu().numpy()

@@ -13,12 +13,12 @@ from torchmetrics.classification import (
 )
 from torchmetrics.regression import MeanAbsoluteError, MeanSquaredError
 
+from dataset.transforms import resize_raw
 from evaluation.metrics import (
     METRIC_NAMES,
     ImageScore,
     ThresholdSweep,
     metrics_from_counts,
-    resize_raw,
     score_batch_tensor,
     score_image,
     summarize,
