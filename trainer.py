@@ -332,8 +332,9 @@ def build(args: argparse.Namespace, accelerator: Accelerator) -> TrainingRun:
     optimizer = build_optimizer(args, transformer, accelerator.num_processes)
     lr_scheduler = build_lr_scheduler(args, optimizer, max_train_steps)
     register_checkpoint_hooks(accelerator)
-    # One prepare call for all four, as in diffusers' examples: under DeepSpeed, Accelerate binds the scheduler to the
-    # engine's optimizer and saves it in checkpoints only when it is prepared together with the model.
+    # One prepare call for all four, as in diffusers' examples: under DeepSpeed, Accelerate wraps the scheduler and
+    # saves it in checkpoints only when it is prepared with the model (prepared alone, it stepped on every micro-batch
+    # and every resume restarted the warm-up).
     transformer, optimizer, train_loader, lr_scheduler = accelerator.prepare(
         transformer, optimizer, train_loader, lr_scheduler
     )

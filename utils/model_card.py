@@ -22,7 +22,7 @@ tags: [transparent-object-segmentation, trans10k, sd3]
 - Data: Trans10k train split at `{args.dataset_path}`, {args.resolution} px.
 - Training: {steps} optimizer steps, learning rate {args.learning_rate} ({args.lr_scheduler}), per-device batch
   {args.train_batch_size} x accumulation {args.gradient_accumulation_steps}, loss `{args.loss}`.
-- Full settings: `config.yaml` and `run_info.json` in this folder's parent.
+- Full settings: `config.yaml` and `run_info.json` beside this card; the weights are in `transformer/`.
 
 ## Final validation ({args.num_validation_images} validation images, model resolution)
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from launcher import launch_env
 
 from utils.config import DEFAULTS_PATH, REPO_ROOT, ConfigError, dump_config, parse_config, read_specs
 from utils.run_snapshot import write_run_snapshot
@@ -134,7 +135,8 @@ def test_resolved_config_round_trips_and_snapshot_is_written(tmp_path):
 
 def run_entry(*argv: str, training: bool = False) -> subprocess.CompletedProcess:
     code = f"import sys; from utils.config import load_config; load_config(sys.argv[1:], training={training})"
-    return subprocess.run([sys.executable, "-c", code, *argv], cwd=REPO_ROOT, capture_output=True, text=True)
+    command = [sys.executable, "-c", code, *argv]
+    return subprocess.run(command, cwd=REPO_ROOT, env=launch_env(), capture_output=True, text=True)
 
 
 def test_cli_exit_codes_and_help():
@@ -216,6 +218,7 @@ def test_trainer_stops_on_nan_before_writing_anything(tmp_path):
     result = subprocess.run(
         [sys.executable, "trainer.py", "--learning_rate", "nan", "--output_dir", str(out)],
         cwd=REPO_ROOT,
+        env=launch_env(),
         capture_output=True,
         text=True,
         timeout=600,
