@@ -2,9 +2,10 @@
 
     python predict.py --transformer_path OUTPUT_DIR --input IMAGE_OR_DIR --output DIR
 
-Images of any size and orientation (EXIF applied) are resized to resolution x resolution for the model, as in
-training and validation, and the prediction is resized back to the native size. Per image writes
-<stem>_mask.png (binary 0/255), <stem>_raw.png (round(255 * raw)) and <stem>_overlay.png.
+Each image, of any size, is turned upright (EXIF orientation) and resized whole to resolution x resolution, with no
+crop or flip: the resize evaluation uses (dataset.trans10k.model_pixels). The raw prediction is resized back
+(bilinear) to the upright image's native size and thresholded there. Per image writes <stem>_mask.png (binary 0/255),
+<stem>_raw.png (round(255 * raw)) and <stem>_overlay.png (transparent regions tinted red).
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from dataset.trans10k import load_image
-from dataset.transforms import IMAGE_RESAMPLE, image_to_tensor, resize_raw
+from dataset.trans10k import ImageFiles, eval_collate
+from dataset.transforms import resize_raw
 from evaluation.image_writer import BackgroundImageWriter, raw_to_png_array
 from models.loading import inference_dtype
 from models.segmenter import load_predictor
@@ -38,33 +39,6 @@ def list_images(input_path: Path) -> list[Path]:
     raise FileNotFoundError(f"--input {input_path}: no such file or folder")
 
 
-class PredictImages(torch.utils.data.Dataset):
-    """User images: the model-sized tensor plus the upright native-size image for resizing back and overlays."""
-
-    def __init__(self, paths: list[Path], resolution: int) -> None:
-        self.paths, self.resolution = paths, resolution
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> dict:
-        image = load_image(self.paths[index])
-        side = self.resolution
-        return {
-            "pixel_values": image_to_tensor(image.resize((side, side), IMAGE_RESAMPLE)),
-            "image": np.asarray(image),
-            "stem": self.paths[index].stem,
-        }
-
-
-def collate(batch: list[dict]) -> dict:
-    return {
-        "pixel_values": torch.stack([b["pixel_values"] for b in batch]),
-        "image": [b["image"] for b in batch],
-        "stem": [b["stem"] for b in batch],
-    }
-
-
 def overlay(image: np.ndarray, binary: np.ndarray) -> Image.Image:
     """The image with transparent regions tinted red."""
     tinted = image.astype(np.float32)
@@ -81,9 +55,9 @@ def main() -> None:
     dtype = inference_dtype(args.mixed_precision, device)
     predictor = load_predictor(args, args.transformer_path or args.output_dir, device, dtype)
     loader = torch.utils.data.DataLoader(
-        PredictImages(list_images(Path(args.input)), args.resolution),
+        ImageFiles(list_images(Path(args.input)), args.resolution),
         batch_size=args.eval_batch_size,
-        collate_fn=collate,
+        collate_fn=eval_collate,
         num_workers=args.dataloader_num_workers,
     )
     out_dir = Path(args.output)

@@ -34,6 +34,7 @@ from evaluation.metrics import summarize
 from evaluation.scoring import score_batch
 from models.conditioning import load_empty_prompt_embeds
 from models.loading import load_base_transformer, load_frozen_vae, precision_dtype
+from models.lora import LORA_DIR, add_lora, lora_state_dict, merged_state_dict, restore_lora, write_lora
 from models.losses import LOSSES
 from models.saving import write_transformer
 from models.segmenter import MaskPredictor, check_resolution, decode_raw_mask, encode_latents
@@ -140,12 +141,29 @@ def save_transformer(accelerator: Accelerator, model: torch.nn.Module, directory
         write_transformer(accelerator.unwrap_model(model), state_dict, directory)
 
 
-def register_checkpoint_hooks(accelerator: Accelerator) -> None:
-    """Checkpoints hold the transformer as a `save_pretrained` folder (loadable on its own) plus the training state."""
+def save_adapter(accelerator: Accelerator, model: torch.nn.Module, directory: Path) -> None:
+    """The LoRA adapter in diffusers' format, taken from the full (under ZeRO-3: gathered) state dict; all ranks."""
+    state_dict = accelerator.get_state_dict(model)
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+        write_lora(unwrapped, lora_state_dict(unwrapped, state_dict), directory)
+
+
+def save_weights(accelerator: Accelerator, args: argparse.Namespace, model: torch.nn.Module, folder: Path) -> None:
+    """What a checkpoint or the final output holds of the model: `transformer/`, or `transformer_lora/` for LoRA."""
+    if args.train_mode == "lora":
+        save_adapter(accelerator, model, folder / LORA_DIR)
+    else:
+        save_transformer(accelerator, model, folder / "transformer")
+
+
+def register_checkpoint_hooks(accelerator: Accelerator, args: argparse.Namespace) -> None:
+    """Checkpoints hold the transformer as a `save_pretrained` folder (loadable on its own), or the LoRA adapter,
+    plus the training state."""
 
     def save_hook(models, weights, output_dir):
         for model in models:
-            save_transformer(accelerator, model, Path(output_dir) / "transformer")
+            save_weights(accelerator, args, model, Path(output_dir))
             if weights:
                 weights.pop()  # already saved: keep Accelerate from writing a second copy
 
@@ -154,6 +172,9 @@ def register_checkpoint_hooks(accelerator: Accelerator) -> None:
             return  # the DeepSpeed engine restores its own (possibly sharded) weights
         while models:
             model = accelerator.unwrap_model(models.pop())
+            if args.train_mode == "lora":
+                restore_lora(model, Path(input_dir) / LORA_DIR)
+                continue
             saved = SD3Transformer2DModel.from_pretrained(Path(input_dir) / "transformer", torch_dtype=torch.float32)
             model.load_state_dict(saved.state_dict())
 
@@ -321,6 +342,8 @@ def build(args: argparse.Namespace, accelerator: Accelerator) -> TrainingRun:
     transformer = load_base_transformer(args.pretrained_model_name_or_path, args.revision, args.variant)
     check_resolution(args.resolution, vae, transformer.config)
     transformer.requires_grad_(True).train()
+    if args.train_mode == "lora":  # the frozen base in the compute precision, fp32 adapters
+        add_lora(transformer.to(weight_dtype_for(accelerator)), args)
     if args.gradient_checkpointing:
         transformer.enable_gradient_checkpointing()
 
@@ -331,7 +354,7 @@ def build(args: argparse.Namespace, accelerator: Accelerator) -> TrainingRun:
     steps_per_epoch, max_train_steps, num_epochs = train_steps_plan(args, batches_per_rank, accelerator.num_processes)
     optimizer = build_optimizer(args, transformer, accelerator.num_processes)
     lr_scheduler = build_lr_scheduler(args, optimizer, max_train_steps)
-    register_checkpoint_hooks(accelerator)
+    register_checkpoint_hooks(accelerator, args)
     # One prepare call for all four, as in diffusers' examples: under DeepSpeed, Accelerate wraps the scheduler and
     # saves it in checkpoints only when it is prepared with the model (prepared alone, it stepped on every micro-batch
     # and every resume restarted the warm-up).
@@ -484,7 +507,11 @@ def finish(args: argparse.Namespace, accelerator: Accelerator, run: TrainingRun,
     """The final transformer/ (gathered under ZeRO-3), model card and summary."""
     accelerator.wait_for_everyone()
     rank_checksums = check_replicas_agree(accelerator, run.transformer)
-    save_transformer(accelerator, run.transformer, Path(args.output_dir) / "transformer")
+    save_weights(accelerator, args, run.transformer, Path(args.output_dir))
+    if args.train_mode == "lora" and args.lora_save_merged:  # last: merging changes the model in place
+        if accelerator.is_main_process:
+            unwrapped = accelerator.unwrap_model(run.transformer)
+            write_transformer(unwrapped, merged_state_dict(unwrapped), Path(args.output_dir) / "transformer")
     if accelerator.is_main_process:
         write_model_card(args, Path(args.output_dir), steps, metrics)
         summary = {"steps": steps, "final_validation": metrics, "rank_weight_checksums": rank_checksums}

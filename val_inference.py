@@ -3,7 +3,8 @@
     accelerate launch --config_file accelerate_config.yaml val_inference.py --transformer_path OUTPUT_DIR
 
 Images are sharded over the processes and the per-image results gathered exactly, so 1 and N processes write the
-same metrics.json. Writes metrics.json, metrics.md, per_image.csv, raw/<subset>/<stem>.png and panels/.
+same metrics.json. Writes metrics.json, metrics.md, per_image.csv, raw/<subset>/<stem>.png, panels/ and the run
+snapshot (config.yaml, run_info.json).
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from __future__ import annotations
 import argparse
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +28,7 @@ from evaluation.metrics import ImageScore, summarize_subsets, sweep_histogram, t
 from evaluation.report import format_summary_table, write_metrics_json, write_metrics_md, write_per_image_csv
 from evaluation.scoring import score_batch
 from models.loading import inference_dtype, load_frozen_vae, resolve_transformer_dir
+from models.lora import LORA_DIR
 from models.segmenter import decode_raw_mask, encode_latents, load_predictor
 from utils.config import load_config
 from utils.run_snapshot import write_run_snapshot
@@ -38,7 +41,7 @@ def model_eval_location(transformer_path: str | Path) -> tuple[Path, str]:
     """(folder, name prefix) of a model's default evaluation: `<run>/eval-...` for a run's final model,
     `<run>/eval-checkpoint-<N>-...` for one of its checkpoints, `<folder>/eval-...` for any other weights folder."""
     transformer_dir = resolve_transformer_dir(transformer_path).resolve()
-    model_dir = transformer_dir.parent if transformer_dir.name == "transformer" else transformer_dir
+    model_dir = transformer_dir.parent if transformer_dir.name in ("transformer", LORA_DIR) else transformer_dir
     if _CHECKPOINT_NAME.fullmatch(model_dir.name):
         return model_dir.parent, f"{model_dir.name}-"
     return model_dir, ""
@@ -70,6 +73,27 @@ def oracle_summary(args: argparse.Namespace) -> dict | None:
     return json.loads(metrics_path.read_text())["subsets"] if metrics_path.is_file() else None
 
 
+def set_up(args: argparse.Namespace) -> tuple[Accelerator, Path]:
+    """The accelerator and the output folder, with the run snapshot (config.yaml, run_info.json) written there."""
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    out_dir = eval_output_dir(args)
+    if accelerator.is_main_process:
+        write_run_snapshot(args, out_dir)
+    return accelerator, out_dir
+
+
+def build_loader(
+    args: argparse.Namespace, accelerator: Accelerator, samples: list[Sample]
+) -> torch.utils.data.DataLoader:
+    loader = torch.utils.data.DataLoader(
+        Trans10kEval(samples, args.resolution),
+        batch_size=args.eval_batch_size,
+        collate_fn=eval_collate,
+        num_workers=args.dataloader_num_workers,
+    )
+    return accelerator.prepare(loader)  # shards the images; gather_for_metrics drops the padding duplicates
+
+
 def load_prediction(predictions_dir: str, subset: str, stem: str) -> torch.Tensor:
     path = Path(predictions_dir) / subset / f"{stem}.png"
     if not path.is_file():
@@ -92,6 +116,52 @@ def build_raw_source(args: argparse.Namespace, accelerator: Accelerator) -> Call
     return lambda batch: predictor.predict_raw(batch["pixel_values"].to(device))
 
 
+def save_raws(
+    writer: BackgroundImageWriter,
+    out_dir: Path,
+    scores: list[ImageScore],
+    raws: Sequence[torch.Tensor],
+    gt_classes: Sequence[torch.Tensor],
+) -> None:
+    """raw/<subset>/<stem>.png at each ground truth's native size (the square protocol scores at resolution)."""
+    for image_score, raw, gt in zip(scores, raws, gt_classes, strict=True):
+        native = resize_raw(raw, tuple(gt.shape)) if raw.shape != gt.shape else raw
+        writer.submit(out_dir / "raw" / image_score.subset / f"{image_score.stem}.png", raw_to_png_array(native))
+
+
+def sweep_histograms(raws: Sequence[torch.Tensor], gts: Sequence[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """[B, 2, T + 1] per-image threshold-sweep histograms on ``device``, ready to gather."""
+    return torch.stack([sweep_histogram(raw, gt) for raw, gt in zip(raws, gts, strict=True)]).to(device)
+
+
+def score_split(
+    args: argparse.Namespace,
+    accelerator: Accelerator,
+    loader: torch.utils.data.DataLoader,
+    raw_source: Callable[[dict], list | torch.Tensor],
+    out_dir: Path,
+) -> tuple[list[ImageScore], torch.Tensor | None]:
+    """The scoring loop: every process's scores gathered, and with threshold_sweep the pooled sweep histogram.
+
+    raw/ PNGs are written on the way; on return every rank's are on disk."""
+    scores: list[ImageScore] = []
+    histograms: list[torch.Tensor] = []
+    progress = tqdm(loader, desc=f"{args.split}", disable=not accelerator.is_local_main_process)
+    with BackgroundImageWriter() as writer, torch.inference_mode():  # PNG encoding never blocks the GPU
+        for batch in progress:
+            batch_scores, raws, gts = score_batch(
+                raw_source(batch), batch, args.threshold, args.eval_protocol, args.resolution
+            )
+            if args.save_raw_predictions:
+                save_raws(writer, out_dir, batch_scores, raws, batch["gt_classes"])
+            scores += accelerator.gather_for_metrics(batch_scores, use_gather_object=True)
+            if args.threshold_sweep:
+                batch_histograms = sweep_histograms(raws, gts, accelerator.device)
+                histograms.append(accelerator.gather_for_metrics(batch_histograms).cpu())
+    accelerator.wait_for_everyone()  # every rank's PNGs are on disk before panels read them
+    return scores, torch.cat(histograms).sum(0) if args.threshold_sweep else None
+
+
 def write_panels(args: argparse.Namespace, out_dir: Path, samples: list[Sample], scores: list[ImageScore]) -> None:
     """Panels (image | raw | binary | GT, errors coloured) for the worst-k images and the first few of each subset."""
     by_key = {(s.subset, s.stem): s for s in samples}
@@ -107,72 +177,64 @@ def write_panels(args: argparse.Namespace, out_dir: Path, samples: list[Sample],
             writer.submit(out_dir / "panels" / f"{prefix}{score.subset}_{score.stem}.png", panel)
 
 
+@dataclass
+class Report:
+    summary: dict[str, dict]  # summarize_subsets of this run
+    ceiling: dict[str, dict] | None  # the VAE oracle's summary with the same settings, when one was run
+    extra: dict  # the metrics.json keys beside threshold and subsets
+
+
+def write_reports(
+    args: argparse.Namespace,
+    out_dir: Path,
+    samples: list[Sample],
+    scores: list[ImageScore],
+    histogram: torch.Tensor | None,
+) -> Report:
+    """metrics.json, metrics.md, per_image.csv and the panels; on the main process only."""
+    summary, ceiling = summarize_subsets(scores), oracle_summary(args)
+    extra = {
+        "split": args.split,
+        "protocol": args.eval_protocol,
+        "resolution": args.resolution,
+        "source": "predictions" if args.predictions_dir else args.oracle or "model",
+    }
+    if histogram is not None:
+        extra["threshold_sweep"] = threshold_sweep(histogram).to_dict()
+    write_metrics_json(out_dir / "metrics.json", args.threshold, summary, extra)
+    write_metrics_md(
+        out_dir / "metrics.md",
+        summary,
+        title=f"Trans10k {args.split} ({extra['source']})",
+        protocol_note=f"protocol: {args.eval_protocol}, {args.resolution} px, threshold {args.threshold}",
+        oracle_summary=ceiling,
+        oracle_label="VAE round-trip ceiling",
+    )
+    write_per_image_csv(out_dir / "per_image.csv", scores)
+    if args.save_raw_predictions:
+        write_panels(args, out_dir, samples, scores)
+    return Report(summary, ceiling, extra)
+
+
+def print_report(args: argparse.Namespace, out_dir: Path, report: Report) -> None:
+    """The summary tables, the VAE ceiling beside them when there is one, and the threshold sweep, on stdout."""
+    print(format_summary_table(report.summary))
+    if report.ceiling is not None:
+        print("\nVAE round-trip ceiling (GT mask -> encode -> decode), same split and protocol:")
+        print(format_summary_table(report.ceiling))
+    if "threshold_sweep" in report.extra:
+        print(f"threshold sweep ({args.split}): {report.extra['threshold_sweep']}")
+    print(f"wrote {out_dir}")
+
+
 def main() -> None:
     args = load_config()
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    out_dir = eval_output_dir(args)
-    if accelerator.is_main_process:
-        write_run_snapshot(args, out_dir)
-
+    accelerator, out_dir = set_up(args)
     samples = validate_split(args.dataset_path, args.split, args.subsets)
-    loader = torch.utils.data.DataLoader(
-        Trans10kEval(samples, args.resolution),
-        batch_size=args.eval_batch_size,
-        collate_fn=eval_collate,
-        num_workers=args.dataloader_num_workers,
-    )
-    loader = accelerator.prepare(loader)  # shards the images; gather_for_metrics drops the padding duplicates
-    raw_source = build_raw_source(args, accelerator)
-
-    scores: list[ImageScore] = []
-    histograms: list[torch.Tensor] = []
-    progress = tqdm(loader, desc=f"{args.split}", disable=not accelerator.is_local_main_process)
-    with BackgroundImageWriter() as writer, torch.inference_mode():  # PNG encoding never blocks the GPU
-        for batch in progress:
-            batch_scores, raws, gts = score_batch(
-                raw_source(batch), batch, args.threshold, args.eval_protocol, args.resolution
-            )
-            for score, raw, gt_classes in zip(batch_scores, raws, batch["gt_classes"], strict=True):
-                if args.save_raw_predictions:
-                    native = resize_raw(raw, tuple(gt_classes.shape)) if raw.shape != gt_classes.shape else raw
-                    writer.submit(out_dir / "raw" / score.subset / f"{score.stem}.png", raw_to_png_array(native))
-            scores += accelerator.gather_for_metrics(batch_scores, use_gather_object=True)
-            if args.threshold_sweep:
-                batch_hist = torch.stack([sweep_histogram(r, g) for r, g in zip(raws, gts, strict=True)]).to(
-                    accelerator.device
-                )
-                histograms.append(accelerator.gather_for_metrics(batch_hist).cpu())
-    accelerator.wait_for_everyone()  # every rank's PNGs are on disk before panels read them
-
+    loader, raw_source = build_loader(args, accelerator, samples), build_raw_source(args, accelerator)
+    scores, histogram = score_split(args, accelerator, loader, raw_source, out_dir)
     if accelerator.is_main_process:
-        summary, ceiling = summarize_subsets(scores), oracle_summary(args)
-        extra = {
-            "split": args.split,
-            "protocol": args.eval_protocol,
-            "resolution": args.resolution,
-            "source": "predictions" if args.predictions_dir else args.oracle or "model",
-        }
-        if args.threshold_sweep:
-            extra["threshold_sweep"] = threshold_sweep(torch.cat(histograms).sum(0)).to_dict()
-        write_metrics_json(out_dir / "metrics.json", args.threshold, summary, extra)
-        write_metrics_md(
-            out_dir / "metrics.md",
-            summary,
-            title=f"Trans10k {args.split} ({extra['source']})",
-            protocol_note=f"protocol: {args.eval_protocol}, {args.resolution} px, threshold {args.threshold}",
-            oracle_summary=ceiling,
-            oracle_label="VAE round-trip ceiling",
-        )
-        write_per_image_csv(out_dir / "per_image.csv", scores)
-        if args.save_raw_predictions:
-            write_panels(args, out_dir, samples, scores)
-        print(format_summary_table(summary))
-        if ceiling is not None:
-            print("\nVAE round-trip ceiling (GT mask -> encode -> decode), same split and protocol:")
-            print(format_summary_table(ceiling))
-        if "threshold_sweep" in extra:
-            print(f"threshold sweep ({args.split}): {extra['threshold_sweep']}")
-        print(f"wrote {out_dir}")
+        print_report(args, out_dir, write_reports(args, out_dir, samples, scores, histogram))
     accelerator.end_training()
 
 

@@ -1,12 +1,15 @@
-"""Shared helpers for the bench scripts: presets and model builders, FLOP counting, timing, memory, Markdown tables.
+"""Shared helpers for the bench scripts: presets and their command-line flags, model builders, FLOP counting, timing
+and the machine line of each report (parameter counts and peak memory come from utils.measure, Markdown tables from
+utils.tables).
 
 Models are always built from configs with random weights (the hub is never contacted): the tiny demo model of
-demo/assets.py, or the full SD3.5-medium architecture from its public config. Throughput does not depend on the
-weight values, only on the architecture, the resolution and the number of text tokens.
+demo/assets.py, or the full SD3.5-medium architecture from its public config (also in demo/assets.py). Throughput does
+not depend on the weight values, only on the architecture, the resolution and the number of text tokens.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import datetime
 import os
@@ -21,42 +24,16 @@ import torch
 from diffusers import AutoencoderKL, SD3Transformer2DModel
 from torch.utils.flop_counter import FlopCounterMode
 
-from demo.assets import CLIP_MAX_LENGTH, DEMO_RESOLUTION, TINY_TRANSFORMER_CONFIG, TINY_VAE_CONFIG
+from demo.assets import (
+    CLIP_MAX_LENGTH,
+    DEMO_RESOLUTION,
+    SD35_MEDIUM_TRANSFORMER_CONFIG,
+    SD35_MEDIUM_VAE_CONFIG,
+    TINY_TRANSFORMER_CONFIG,
+    TINY_VAE_CONFIG,
+)
+from models.segmenter import MaskPredictor
 from utils.config import REPO_ROOT, parse_config
-
-# stabilityai/stable-diffusion-3.5-medium, transformer/config.json (MMDiT-X: dual attention in the first 13 blocks).
-SD35_MEDIUM_TRANSFORMER_CONFIG: dict = {
-    "sample_size": 128,
-    "patch_size": 2,
-    "in_channels": 16,
-    "num_layers": 24,
-    "attention_head_dim": 64,
-    "num_attention_heads": 24,
-    "joint_attention_dim": 4096,
-    "caption_projection_dim": 1536,
-    "pooled_projection_dim": 2048,
-    "out_channels": 16,
-    "pos_embed_max_size": 384,
-    "dual_attention_layers": tuple(range(13)),
-    "qk_norm": "rms_norm",
-}
-
-# stabilityai/stable-diffusion-3.5-medium, vae/config.json.
-SD35_MEDIUM_VAE_CONFIG: dict = {
-    "in_channels": 3,
-    "out_channels": 3,
-    "latent_channels": 16,
-    "down_block_types": ("DownEncoderBlock2D",) * 4,
-    "up_block_types": ("UpDecoderBlock2D",) * 4,
-    "block_out_channels": (128, 256, 512, 512),
-    "layers_per_block": 2,
-    "norm_num_groups": 32,
-    "sample_size": 1024,
-    "use_quant_conv": False,
-    "use_post_quant_conv": False,
-    "shift_factor": 0.0609,
-    "scaling_factor": 1.5305,
-}
 
 # The empty prompt through SD3's encode_prompt: 77 CLIP tokens + 256 T5 tokens (max_sequence_length 256).
 TEXT_TOKENS = 77 + 256
@@ -113,6 +90,21 @@ PRESETS: dict[str, Preset] = {
 }
 
 
+def add_preset_arguments(parser: argparse.ArgumentParser, default_preset: str) -> None:
+    """--preset, --device and --num_threads; `preset_and_device` reads them back."""
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=default_preset)
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--num_threads", type=int, default=None, help="torch CPU threads; 1 on a shared CPU")
+
+
+def preset_and_device(args: argparse.Namespace) -> tuple[Preset, torch.device]:
+    """The preset and device that `add_preset_arguments`' flags ask for; sets torch's CPU threads to --num_threads."""
+    preset = PRESETS[args.preset]
+    device = resolve_device(preset, args.device)
+    apply_num_threads(args.num_threads)
+    return preset, device
+
+
 def apply_num_threads(num_threads: int | None) -> None:
     """Set torch's intra-op threads. On a shared CPU use fewer threads than cores: OpenMP threads spin-wait at every
     barrier, and when another process holds a core the step can run tens of times slower (measured: 40x with 2
@@ -160,6 +152,16 @@ def build_transformer(
         return SD3Transformer2DModel(**config)
 
 
+def build_train_transformer(
+    preset: Preset, device: torch.device, gradient_checkpointing: bool
+) -> SD3Transformer2DModel:
+    """The preset's transformer as training holds it: fp32 master weights, train mode, checkpointing if asked."""
+    transformer = build_transformer(preset.transformer_config, device, torch.float32).train()
+    if gradient_checkpointing:
+        transformer.enable_gradient_checkpointing()
+    return transformer
+
+
 def build_vae(
     config: dict, device: torch.device | str, dtype: torch.dtype = torch.float32, seed: int = 0
 ) -> AutoencoderKL:
@@ -178,6 +180,19 @@ def conditioning(
     prompt = torch.randn(1, text_tokens, config["joint_attention_dim"], generator=generator)
     pooled = torch.randn(1, config["pooled_projection_dim"], generator=generator)
     return prompt.to(device, dtype), pooled.to(device, dtype)
+
+
+def mask_predictor(
+    preset: Preset,
+    vae: AutoencoderKL | None,
+    transformer: torch.nn.Module,
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+) -> MaskPredictor:
+    """MaskPredictor over `transformer` (a model, a compiled one or a DeepSpeed engine) with conditioning of the
+    preset's shapes in `dtype` and the fixed timestep."""
+    prompt, pooled = conditioning(preset.transformer_config, preset.text_tokens, device, dtype)
+    return MaskPredictor(vae, transformer, prompt, pooled, FIXED_TIMESTEP)
 
 
 def token_groups(model: torch.nn.Module) -> dict[str, int]:

@@ -19,8 +19,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from dataset.synthetic import make_split_dir, write_pair
 from dataset.trans10k import TrainSampler, Trans10kTrain, find_samples
-from dataset.transforms import STUFF_LEVEL, THINGS_LEVEL
+from dataset.transforms import STUFF_GREY, THINGS_GREY
+from utils.tables import markdown_table
 
 # label -> (random_flip, color_jitter, random_crop_scale)
 AUGMENTATIONS = {
@@ -45,17 +47,15 @@ def write_synthetic_train_split(root: Path, num_images: int, size: tuple[int, in
     width, height = size
     rng = np.random.default_rng(0)
     x, y = np.meshgrid(np.linspace(0, 1, width), np.linspace(0, 1, height))
-    (root / "train" / "images").mkdir(parents=True)
-    (root / "train" / "masks").mkdir(parents=True)
+    folder = make_split_dir(root, "train", None)
     for i in range(num_images):
         phase = rng.uniform(0, 2 * np.pi, size=3)
         smooth = 127 + 100 * np.sin(np.stack([x * 3 + phase[0], y * 4 + phase[1], (x + y) * 2 + phase[2]], axis=-1))
         pixels = np.clip(smooth + rng.normal(0, 12, size=smooth.shape), 0, 255).astype(np.uint8)
-        Image.fromarray(pixels).save(root / "train" / "images" / f"{i}.jpg", quality=90)
         mask = np.zeros((height, width), dtype=np.uint8)
-        mask[height // 4 : height // 2, width // 5 : width // 2] = THINGS_LEVEL
-        mask[height // 2 :, width // 2 :] = STUFF_LEVEL
-        Image.fromarray(mask).save(root / "train" / "masks" / f"{i}_mask.png")
+        mask[height // 4 : height // 2, width // 5 : width // 2] = THINGS_GREY
+        mask[height // 2 :, width // 2 :] = STUFF_GREY
+        write_pair(folder, str(i), Image.fromarray(pixels), Image.fromarray(mask), quality=90)
 
 
 def images_per_second(dataset: Trans10kTrain, num_workers: int, batch_size: int, epochs: int) -> float:
@@ -79,15 +79,17 @@ def images_per_second(dataset: Trans10kTrain, num_workers: int, batch_size: int,
 
 
 def print_table(dataset_path: Path, args: argparse.Namespace) -> None:
-    """Print the Markdown table row by row, as each measurement finishes."""
+    """Measure every row, printing a progress line as each finishes, then print the Markdown table."""
     samples = find_samples(dataset_path, "train")
-    print(f"| resolution | augmentation | {' | '.join(f'{w} workers' for w in args.workers)} |")
-    print("|---|---|" + "---:|" * len(args.workers), flush=True)
+    rows = []
     for resolution in args.resolutions:
         for label, (flip, jitter, crop) in AUGMENTATIONS.items():
             dataset = Trans10kTrain(samples, resolution, flip, jitter, crop, seed=0)
             rates = [images_per_second(dataset, w, args.batch_size, args.epochs) for w in args.workers]
-            print(f"| {resolution} | {label} | " + " | ".join(f"{rate:.1f}" for rate in rates) + " |", flush=True)
+            rows.append([resolution, label, *(f"{rate:.1f}" for rate in rates)])
+            print(f"{resolution} px, {label}: " + ", ".join(f"{rate:.1f}" for rate in rates) + " images/s", flush=True)
+    print()
+    print(markdown_table(["resolution", "augmentation", *(f"{w} workers" for w in args.workers)], rows))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -30,8 +30,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.distributed._tools.mem_tracker import MemTracker
 
 from bench.common import (
-    SD35_MEDIUM_TRANSFORMER_CONFIG,
-    SD35_MEDIUM_VAE_CONFIG,
+    FIXED_TIMESTEP,
     TEXT_TOKENS,
     FlopCount,
     TrainFlops,
@@ -44,6 +43,7 @@ from bench.common import (
     transformer_train_flops,
     vae_flops,
 )
+from demo.assets import SD35_MEDIUM_TRANSFORMER_CONFIG, SD35_MEDIUM_VAE_CONFIG
 from models.losses import LOSSES
 from models.segmenter import MaskPredictor, encode_latents
 from utils.measure import count_parameters
@@ -228,7 +228,7 @@ def track_training_memory(args: argparse.Namespace, gradient_checkpointing: bool
         optimizer = torch.optim.AdamW(transformer.parameters(), lr=1e-5, fused=True)  # trainer.py's choice on CUDA
         prompt = torch.randn(1, TEXT_TOKENS, SD35_MEDIUM_TRANSFORMER_CONFIG["joint_attention_dim"])
         pooled = torch.randn(1, SD35_MEDIUM_TRANSFORMER_CONFIG["pooled_projection_dim"])
-        predictor = MaskPredictor(vae, transformer, prompt, pooled, timestep=999.0)
+        predictor = MaskPredictor(vae, transformer, prompt, pooled, timestep=FIXED_TIMESTEP)
         tracker = StepMemTracker()
         tracker.track_external(transformer, vae, optimizer)
         with tracker:

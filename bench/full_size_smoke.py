@@ -45,14 +45,10 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from bench.common import (  # noqa: E402
-    SD35_MEDIUM_TRANSFORMER_CONFIG,
-    SD35_MEDIUM_VAE_CONFIG,
-    build_transformer,
-    build_vae,
-    default_dtype,
-)
+from bench.common import build_transformer, build_vae, default_dtype, fmt  # noqa: E402
+from demo.assets import SD35_MEDIUM_TRANSFORMER_CONFIG, SD35_MEDIUM_VAE_CONFIG  # noqa: E402
 from utils.config import REPO_ROOT, parse_config  # noqa: E402
+from utils.measure import count_parameters  # noqa: E402
 from utils.tables import markdown_table  # noqa: E402
 
 DEFAULT_WORKDIR = Path("/tmp/full_size_smoke")
@@ -189,7 +185,7 @@ def image_size(index: int, width: int, height: int) -> tuple[int, int]:
 
 def ensure_data(workdir: Path, num_images: int, width: int, height: int, seed: int) -> tuple[Path, list[str]]:
     """A Trans10k test split (easy gets the odd image) of synthetic scenes upscaled to photo-like sizes."""
-    from dataset.synthetic import EASY, HARD, render_scene
+    from dataset.synthetic import EASY, HARD, make_split_dir, write_scene
     from demo.assets import building, is_complete
 
     counts = {"easy": (num_images + 1) // 2, "hard": num_images // 2}
@@ -201,26 +197,21 @@ def ensure_data(workdir: Path, num_images: int, width: int, height: int, seed: i
     with building(data_dir, params) as temp_dir:
         index = 0
         for subset_index, (subset, difficulty) in enumerate((("easy", EASY), ("hard", HARD))):
-            root = temp_dir / "test" / subset
-            (root / "images").mkdir(parents=True)
-            (root / "masks").mkdir(parents=True)
+            folder = make_split_dir(temp_dir, "test", subset)
             for number in range(counts[subset]):
-                image, mask = render_scene(np.random.default_rng([seed, subset_index, number]), difficulty)
-                size = image_size(index, width, height)
-                Image.fromarray(image).resize(size, Image.BICUBIC).save(
-                    root / "images" / f"{number:04d}.jpg", quality=90
+                rng = np.random.default_rng([seed, subset_index, number])
+                write_scene(
+                    folder, f"{number:04d}", rng, difficulty, size=image_size(index, width, height), quality=90
                 )
-                Image.fromarray(mask).resize(size, Image.NEAREST).save(root / "masks" / f"{number:04d}_mask.png")
                 index += 1
     return data_dir, subsets
 
 
 def list_test_images(data_dir: Path) -> list[tuple[str, Path]]:
-    return [
-        (subset, path)
-        for subset in ("easy", "hard")
-        for path in sorted((data_dir / "test" / subset / "images").glob("*.jpg"))
-    ]
+    """(subset, image path) of every test pair, easy then hard, as dataset.trans10k pairs them."""
+    from dataset.trans10k import scan_split
+
+    return [(sample.subset, sample.image_path) for sample in scan_split(data_dir, "test").samples]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -367,12 +358,13 @@ LOAD_SNIPPET = """\
 import json, sys, time
 from pathlib import Path
 from models.loading import load_base_transformer
+from utils.measure import count_parameters
 started = time.perf_counter()
 model = load_base_transformer(sys.argv[1], None, None)
 seconds = time.perf_counter() - started
 status = {k: int(v.split()[0]) * 1024 for k, v in
           (line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines()) if k.startswith("Rss")}
-parameters = sum(p.numel() for p in model.parameters())
+parameters = count_parameters(model)
 state = sum(t.numel() * t.element_size() for t in model.state_dict().values())
 print("SMOKE_LOAD " + json.dumps({"seconds": seconds, "parameters": parameters, "state_bytes": state,
       "dtype": str(next(model.parameters()).dtype), **status}), flush=True)
@@ -436,7 +428,7 @@ def text_encoder_parameters() -> dict[str, int]:
             "CLIP-G": CLIPTextModelWithProjection(CLIPTextConfig(**CLIP_G_CONFIG)),
             "T5-XXL": T5EncoderModel(T5Config(**T5_XXL_CONFIG)),
         }
-    return {name: sum(p.numel() for p in model.parameters()) for name, model in models.items()}
+    return {name: count_parameters(model) for name, model in models.items()}
 
 
 def power_of_two_ceil(value: int) -> int:
@@ -470,7 +462,7 @@ def host_ram_count() -> tuple[str, dict]:
     parameters, buffers = meta_numels(build_transformer(SD35_MEDIUM_TRANSFORMER_CONFIG, "meta"))
     n = sum(parameters)
     partition = sum(math.ceil(numel / ranks) for numel in parameters)  # ZeRO-3 pads every parameter to ranks parts
-    vae = sum(p.numel() for p in build_vae(SD35_MEDIUM_VAE_CONFIG, "meta").parameters())
+    vae = count_parameters(build_vae(SD35_MEDIUM_VAE_CONFIG, "meta"))
     encoders = text_encoder_parameters()
 
     master, grad32, grad_flat, adam = 4 * partition, 4 * partition, grad_accum_bytes * partition, 8 * partition
@@ -565,10 +557,6 @@ def check_disk(folder: Path, need: int) -> None:
 
 def memory_available() -> int:
     return psutil.virtual_memory().available
-
-
-def fmt(value: float | None, spec: str = ".1f") -> str:
-    return "n/a" if value is None else format(value, spec)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -717,11 +705,11 @@ def print_report(args, model_dir, data_dir, build_s, steps, started_at, load_bef
             (
                 step.name,
                 step.images or "-",
-                fmt(step.wall_s),
-                fmt(step.startup_s) if step.images else "-",
-                fmt(step.per_image_all_s) if step.images else "-",
-                fmt(step.per_image_steady_s) if step.images else "-",
-                fmt(step.after_loop_s) if step.images else "-",
+                fmt(step.wall_s, ".1f"),
+                fmt(step.startup_s, ".1f") if step.images else "-",
+                fmt(step.per_image_all_s, ".1f") if step.images else "-",
+                fmt(step.per_image_steady_s, ".1f") if step.images else "-",
+                fmt(step.after_loop_s, ".1f") if step.images else "-",
                 fmt(step.peak_rss_gib, ".2f"),
                 fmt(step.peak_anon_gib, ".2f"),
                 *([fmt(step.peak_gpu_gib, ".2f")] if args.device == "cuda" else []),

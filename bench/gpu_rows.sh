@@ -45,23 +45,16 @@ step zero2_offload python3 -m bench.zero2_offload_memory --preset "$PRESET" --ba
 # Inference end to end on photo-sized JPEGs (synthetic scenes upscaled to 1024x768: load and PNG costs as real).
 python3 - "$PHOTOS" <<'PY'
 import sys
-from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from dataset.synthetic import EASY, HARD, render_scene
+from dataset.synthetic import EASY, HARD, make_split_dir, write_scene
 
 rng = np.random.default_rng(0)
 for subset, difficulty in (("easy", EASY), ("hard", HARD)):
-    root = Path(sys.argv[1]) / "test" / subset
-    (root / "images").mkdir(parents=True, exist_ok=True)
-    (root / "masks").mkdir(parents=True, exist_ok=True)
+    folder = make_split_dir(sys.argv[1], "test", subset)
     for index in range(32):
-        image, mask = render_scene(rng, difficulty)
-        photo = Image.fromarray(image).resize((1024, 768), Image.BICUBIC)
-        photo.save(root / "images" / f"{index:04d}.jpg", quality=90)
-        Image.fromarray(mask).resize((1024, 768), Image.NEAREST).save(root / "masks" / f"{index:04d}_mask.png")
+        write_scene(folder, f"{index:04d}", rng, difficulty, size=(1024, 768), quality=90)
 PY
 step inference python3 -m bench.inference_throughput --preset "$PRESET" --data_dir "$PHOTOS" --batch_sizes 1 4 8 \
     --writer sync async --repeats 2

@@ -30,14 +30,12 @@ import torch
 from PIL import Image
 
 from bench.common import (
-    FIXED_TIMESTEP,
-    PRESETS,
     Preset,
-    apply_num_threads,
+    add_preset_arguments,
     build_transformer,
     build_vae,
-    conditioning,
-    resolve_device,
+    mask_predictor,
+    preset_and_device,
     run_header,
     synchronize,
 )
@@ -53,9 +51,7 @@ DEFAULT_BATCH_SIZES = {"demo": [1, 8, 32], "sd35-medium": [1, 4, 8]}
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="demo")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--num_threads", type=int, default=None, help="torch CPU threads; 1 on a shared CPU")
+    add_preset_arguments(parser, default_preset="demo")
     parser.add_argument("--data_dir", type=Path, default=Path("demo_assets/trans10k"), help="Trans10k-layout root")
     parser.add_argument("--split", default="test")
     parser.add_argument("--num_images", type=int, default=None, help="first N images of the split; default all")
@@ -93,8 +89,7 @@ def build_predictor(preset: Preset, device: torch.device) -> MaskPredictor:
     """VAE and transformer in the preset's inference dtype (predict.py: bf16 on CUDA for sd35-medium)."""
     vae = build_vae(preset.vae_config, device, preset.frozen_dtype)
     transformer = build_transformer(preset.transformer_config, device, preset.frozen_dtype).requires_grad_(False)
-    prompt, pooled = conditioning(preset.transformer_config, preset.text_tokens, device, preset.frozen_dtype)
-    return MaskPredictor(vae, transformer.eval(), prompt, pooled, FIXED_TIMESTEP)
+    return mask_predictor(preset, vae, transformer.eval(), device, preset.frozen_dtype)
 
 
 def load_batch(samples: Sequence[Sample], resolution: int) -> tuple[torch.Tensor, list[tuple[int, int]]]:
@@ -202,9 +197,7 @@ def find_images(args: argparse.Namespace) -> list[Sample]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    preset = PRESETS[args.preset]
-    device = resolve_device(preset, args.device)
-    apply_num_threads(args.num_threads)
+    preset, device = preset_and_device(args)
     samples = find_images(args)
     batch_sizes = args.batch_sizes or DEFAULT_BATCH_SIZES[preset.name]
     print(run_header(f"# Inference throughput, preset {preset.name}", device))

@@ -28,24 +28,22 @@ from dataclasses import dataclass
 import torch
 
 from bench.common import (
-    FIXED_TIMESTEP,
-    PRESETS,
     Preset,
-    apply_num_threads,
-    build_transformer,
+    add_preset_arguments,
+    build_train_transformer,
     build_vae,
-    conditioning,
     fmt,
+    mask_predictor,
     median,
     peak_memory_label,
-    resolve_device,
+    preset_and_device,
     run_header,
     synchronize,
     time_calls,
     transformer_train_flops,
 )
 from models.losses import LOSSES
-from models.segmenter import MaskPredictor, encode_latents
+from models.segmenter import encode_latents
 from utils.measure import peak_memory_gib, reset_peak_memory
 from utils.tables import markdown_table
 
@@ -59,9 +57,7 @@ warnings.filterwarnings("ignore", message="Dynamo detected a call to a `functool
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="demo")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--num_threads", type=int, default=None, help="torch CPU threads; 1 on a shared CPU")
+    add_preset_arguments(parser, default_preset="demo")
     parser.add_argument("--batch_sizes", type=int, nargs="+", default=None, help="default: demo 4 16, sd35 1 2 4")
     parser.add_argument("--gradient_checkpointing", nargs="+", choices=("off", "on"), default=["off", "on"])
     parser.add_argument("--compile", nargs="+", choices=("off", "on"), default=["off", "on"])
@@ -124,13 +120,9 @@ def make_train_step(
     preset: Preset, setting: Setting, device: torch.device, max_grad_norm: float
 ) -> Callable[[], float]:
     """Build models, optimizer and a batch on `device`; return a function that runs one training step."""
-    transformer = build_transformer(preset.transformer_config, device, torch.float32).train()  # fp32 master weights
-    if setting.gradient_checkpointing:
-        transformer.enable_gradient_checkpointing()
+    transformer = build_train_transformer(preset, device, setting.gradient_checkpointing)
     vae = build_vae(preset.vae_config, device, preset.frozen_dtype)
-    prompt, pooled = conditioning(preset.transformer_config, preset.text_tokens, device)
-    model = torch.compile(transformer) if setting.compile else transformer
-    predictor = MaskPredictor(vae, model, prompt, pooled, FIXED_TIMESTEP)
+    predictor = mask_predictor(preset, vae, torch.compile(transformer) if setting.compile else transformer, device)
     optimizer = torch.optim.AdamW(transformer.parameters(), lr=1e-5, fused=device.type == "cuda")
     generator = torch.Generator().manual_seed(0)
     shape = (setting.batch_size, 3, preset.resolution, preset.resolution)
@@ -253,9 +245,7 @@ def caching_speedups(results: Sequence[Result]) -> str | None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    preset = PRESETS[args.preset]
-    device = resolve_device(preset, args.device)
-    apply_num_threads(args.num_threads)
+    preset, device = preset_and_device(args)
     settings = grid(args)
     print(run_header(f"# Training throughput, preset {preset.name}", device))
     flops = transformer_train_flops(preset.transformer_config, preset.resolution, preset.text_tokens)

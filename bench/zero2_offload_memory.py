@@ -20,10 +20,9 @@ import os
 import torch
 
 from bench.common import (
-    FIXED_TIMESTEP,
     PRESETS,
-    build_transformer,
-    conditioning,
+    build_train_transformer,
+    mask_predictor,
     median,
     peak_memory_label,
     resolve_device,
@@ -31,7 +30,6 @@ from bench.common import (
     time_calls,
 )
 from models.losses import LOSSES
-from models.segmenter import MaskPredictor
 from utils.config import REPO_ROOT
 from utils.measure import peak_memory_gib, reset_peak_memory
 from utils.tables import markdown_table
@@ -75,15 +73,12 @@ def measure_row(preset, device: torch.device, batch_size: int, checkpointing: bo
 
     world_size = int(os.environ["WORLD_SIZE"])
     bf16 = preset.autocast_dtype == torch.bfloat16
-    transformer = build_transformer(preset.transformer_config, device, torch.float32).train()
-    if checkpointing:
-        transformer.enable_gradient_checkpointing()
+    transformer = build_train_transformer(preset, device, checkpointing)
     optimizer = DeepSpeedCPUAdam(transformer.parameters(), lr=1e-5, adamw_mode=True)
     engine, *_ = deepspeed.initialize(
         model=transformer, optimizer=optimizer, config=ds_config(batch_size, world_size, bf16)
     )
-    prompt, pooled = conditioning(preset.transformer_config, preset.text_tokens, device)
-    predictor = MaskPredictor(None, engine, prompt, pooled, FIXED_TIMESTEP)  # the VAE is not needed from latents
+    predictor = mask_predictor(preset, None, engine, device)  # the VAE is not needed from latents
     shape = (batch_size, preset.transformer_config["in_channels"], preset.latent_side, preset.latent_side)
     generator = torch.Generator().manual_seed(0)
     image_latents = torch.randn(shape, generator=generator).to(device)

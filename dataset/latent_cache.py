@@ -1,11 +1,13 @@
-"""Train from VAE latents computed once: the frozen encoder then never runs during training.
+"""Train from VAE latents computed once: the frozen encoder then never runs in a training step (validation still
+encodes its few images).
 
 The cache holds, per training image, the image and mask latents at `resolution` (and their horizontally flipped
-versions when random_flip is on; the flip is applied to the pixels before encoding, exactly as the uncached path
-does). It lives under `<cache_dir>/latents/<key>/`, where the key covers the VAE (id, revision, variant, config),
-the resolution, the flip setting and a manifest of the dataset files (path, size, mtime), so any change rebuilds it.
-Ranks encode disjoint shards in parallel; `complete.json` is written last, so a killed build is never reused.
-Random crops and colour jitter draw new pixels every epoch and cannot be cached: config validation refuses them.
+versions when random_flip is on: the resized pixels are flipped, then encoded, the pixels the uncached path would
+encode). It lives under `<cache_dir>/latents/<key>/`, where the key covers the VAE (id, revision, variant, dtype,
+config), the resolution, the flip setting and a manifest of the dataset files (path, size, mtime), so any change
+rebuilds it. Ranks encode disjoint shards in parallel; `complete.json` is written last, so a killed build is never
+reused. Random crops and colour jitter draw new pixels every epoch and cannot be cached: config validation refuses
+them.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from utils.atomic import atomic_path, atomic_write_json
 from utils.cache import content_key, file_stamp
 
 COMPLETE = "complete.json"
+# Cache entry "<index>/<kind>[_flip]" holds the latent of this Trans10kTrain item.
+_ITEM_KEYS = {"image": "pixel_values", "mask": "mask_values"}
 
 
 def latent_key(vae_fingerprint: dict, resolution: int, random_flip: bool, samples: Sequence[Sample]) -> str:
@@ -88,8 +92,8 @@ def build_latent_cache(
         indices = mine[start : start + batch_size]
         items = [plain[i] for i in indices]
         for suffix in _variants(random_flip):
-            for kind in ("image", "mask"):
-                pixels = torch.stack([item[f"{'pixel' if kind == 'image' else 'mask'}_values"] for item in items])
+            for kind, item_key in _ITEM_KEYS.items():
+                pixels = torch.stack([item[item_key] for item in items])
                 if suffix:
                     pixels = pixels.flip(-1)  # flip the pixels, as the uncached path does, then encode
                 latents = encode(vae, pixels.to(accelerator.device)).cpu()

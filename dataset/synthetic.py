@@ -4,7 +4,7 @@ Hub and dataset downloads are impossible in the demo and test environments, so t
 
     root/train/{images,masks}/
     root/{validation,test}/{easy,hard}/{images,masks}/
-    images/<stem>.jpg, masks/<stem>_mask.png (mode L: 0 background, 255 "things", 85 "stuff")
+    images/<stem>.jpg, masks/<stem>_mask.png (mode L: 0 background, 85 "things", 255 "stuff")
 
 A glass object is drawn as a refraction-like displacement of the background inside its outline, plus a slight tint,
 specular highlights and a darker or brighter rim, so a model has to learn shape and distortion cues rather than a
@@ -24,11 +24,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-# Mask values of Trans10k, as in the dataset authors' loader (Segment_Transparent_Objects): 85 things, 255 stuff.
-from dataset.transforms import STUFF_LEVEL as STUFF
-from dataset.transforms import THINGS_LEVEL as THINGS
-
-BACKGROUND = 0
+from dataset.trans10k import MASK_SUFFIX, split_folders
+from dataset.transforms import BACKGROUND_GREY, STUFF_GREY, THINGS_GREY
 
 # (split, subset) -> number of images; subset None is the flat train split.
 DEFAULT_COUNTS: dict[tuple[str, str | None], int] = {
@@ -289,7 +286,7 @@ def render_scene(rng: np.random.Generator, difficulty: Difficulty) -> tuple[np.n
     width = int(rng.integers(WIDTH_RANGE[0], WIDTH_RANGE[1] + 1))
     height = int(rng.integers(HEIGHT_RANGE[0], HEIGHT_RANGE[1] + 1))
     canvas = _background(rng, height, width)
-    mask = np.full((height, width), BACKGROUND, dtype=np.uint8)
+    mask = np.full((height, width), BACKGROUND_GREY, dtype=np.uint8)
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
 
     if rng.random() >= EMPTY_SCENE_PROBABILITY:
@@ -298,11 +295,11 @@ def render_scene(rng: np.random.Generator, difficulty: Difficulty) -> tuple[np.n
             sdf, cx, cy = _stuff_sdf(rng, x, y)
             canvas = _draw_frame(canvas, sdf, rng)
             canvas = _render_glass(rng, canvas, sdf, (cx, cy), difficulty, is_stuff=True)
-            mask[sdf < 0] = STUFF
+            mask[sdf < 0] = STUFF_GREY
         for _ in range(int(rng.integers(difficulty.num_things[0], difficulty.num_things[1] + 1))):
             sdf, cx, cy = _thing_sdf(rng, x, y, difficulty.size_fraction)
             canvas = _render_glass(rng, canvas, sdf, (cx, cy), difficulty, is_stuff=False)
-            mask[sdf < 0] = THINGS
+            mask[sdf < 0] = THINGS_GREY
 
     image = np.round(canvas * 255).astype(np.uint8)
     return image, mask
@@ -317,24 +314,46 @@ def _scene_rng(seed: int, split: str, subset: str | None, index: int) -> np.rand
     return np.random.default_rng([seed, tag, index])
 
 
-def split_dir(root: Path, split: str, subset: str | None) -> Path:
-    return root / split if subset is None else root / split / subset
+def make_split_dir(root: str | Path, split: str, subset: str | None) -> Path:
+    """The folder of one split (subset None: the flat train split) where dataset.trans10k looks for it, with its
+    images/ and masks/ folders created (empty until write_pair fills them)."""
+    [(_, folder)] = split_folders(root, split, () if subset is None else (subset,))
+    for name in ("images", "masks"):
+        (folder / name).mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def write_pair(folder: Path, stem: str, image: Image.Image, mask: Image.Image, quality: int = JPEG_QUALITY) -> None:
+    """One pair in the Trans10k layout: folder/images/<stem>.jpg and folder/masks/<stem>_mask.png."""
+    image.save(folder / "images" / f"{stem}.jpg", quality=quality)
+    mask.save(folder / "masks" / f"{stem}{MASK_SUFFIX}")
+
+
+def write_scene(
+    folder: Path,
+    stem: str,
+    rng: np.random.Generator,
+    difficulty: Difficulty,
+    size: tuple[int, int] | None = None,
+    quality: int = JPEG_QUALITY,
+) -> None:
+    """A render_scene pair, resized to ``size`` = (width, height) if given (image bicubic, mask nearest: the mask
+    keeps its exact values), written with write_pair."""
+    image, mask = (Image.fromarray(array) for array in render_scene(rng, difficulty))
+    if size is not None:
+        image, mask = image.resize(size, Image.BICUBIC), mask.resize(size, Image.NEAREST)
+    write_pair(folder, stem, image, mask, quality)
 
 
 def write_split(root: Path, split: str, subset: str | None, count: int, seed: int) -> None:
     """Write `count` scenes of one split/subset as <stem>.jpg + <stem>_mask.png."""
-    folder = split_dir(root, split, subset)
-    (folder / "images").mkdir(parents=True, exist_ok=True)
-    (folder / "masks").mkdir(parents=True, exist_ok=True)
+    folder = make_split_dir(root, split, subset)
     for index in range(count):
         rng = _scene_rng(seed, split, subset, index)
         difficulty = DIFFICULTY_OF_SUBSET[subset]
         if subset is None and rng.random() < TRAIN_HARD_FRACTION:
             difficulty = HARD
-        image, mask = render_scene(rng, difficulty)
-        stem = f"{index:04d}"
-        Image.fromarray(image).save(folder / "images" / f"{stem}.jpg", quality=JPEG_QUALITY)
-        Image.fromarray(mask).save(folder / "masks" / f"{stem}_mask.png")
+        write_scene(folder, f"{index:04d}", rng, difficulty)
 
 
 def resolve_counts(counts: dict | None = None) -> dict[tuple[str, str | None], int]:

@@ -1,4 +1,5 @@
-"""Trans10k on disk: layout discovery, validation, training/evaluation datasets, the training sampler and collate.
+"""Trans10k on disk: layout discovery, validation, the datasets (training, evaluation, and plain images for
+prediction), the training sampler and the evaluation/prediction collate.
 
 Layout (image ``<stem>.jpg``, ``.jpeg`` or ``.png``; mask ``<stem>_mask.png`` with the same stem)::
 
@@ -241,6 +242,11 @@ def _check_pair_size(sample: Sample, image_size: Size, mask_size: Size) -> None:
         raise DatasetError(size_mismatch_message(sample.image_path, image_size, sample.mask_path, mask_size))
 
 
+def _check_resolution(resolution: int) -> None:
+    if resolution < 1:
+        raise ValueError(f"resolution must be positive, got {resolution}")
+
+
 def _probe(path: Path, what: str, deep: bool, problems: list[str]) -> Size | None:
     """Upright size from the header (fully decoding if deep); appends a problem and returns None if unreadable."""
     try:
@@ -284,11 +290,11 @@ def read_image_size(path: str | Path) -> Size:
 
 
 def _decode_image(path: Path, min_size: Size | None) -> tuple[Image.Image, int, Size]:
-    """(upright RGB image, JPEG draft factor, original upright size read before drafting)."""
+    """(upright RGB image, JPEG draft factor, upright size of the full image, read from the header before drafting)."""
     with _reading(path, "image"), Image.open(path) as image:
-        original_size = upright_size(image)
+        full_size = upright_size(image)
         draft_factor = draft_jpeg(image, min_size) if min_size is not None else 1
-        return to_upright_rgb(image), draft_factor, original_size
+        return to_upright_rgb(image), draft_factor, full_size
 
 
 def load_image(path: str | Path, draft_size: Size | None = None) -> Image.Image:
@@ -325,22 +331,17 @@ class TrainSampler(torch.utils.data.Sampler):
     Every process yields the same sequence (Accelerate shards the batches). Call ``set_epoch`` before each epoch.
     """
 
-    def __init__(self, num_samples: int, seed: int, shuffle: bool = True) -> None:
+    def __init__(self, num_samples: int, seed: int) -> None:
         self.num_samples = num_samples
         self.seed = seed
-        self.shuffle = shuffle
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        if self.shuffle:
-            generator = torch.Generator().manual_seed(_hash_seed("order", self.seed, self.epoch))
-            order = torch.randperm(self.num_samples, generator=generator).tolist()
-        else:
-            order = range(self.num_samples)
-        for index in order:
+        generator = torch.Generator().manual_seed(_hash_seed("order", self.seed, self.epoch))
+        for index in torch.randperm(self.num_samples, generator=generator).tolist():
             yield index, augmentation_seed(self.seed, self.epoch, index)
 
     def __len__(self) -> int:
@@ -364,8 +365,7 @@ class Trans10kTrain(torch.utils.data.Dataset):
         random_crop_scale: float,
         seed: int,
     ) -> None:
-        if resolution < 1:
-            raise ValueError(f"resolution must be positive, got {resolution}")
+        _check_resolution(resolution)
         if not 0.0 < random_crop_scale <= 1.0:
             raise ValueError(f"random_crop_scale must be in (0, 1], got {random_crop_scale}")
         if color_jitter < 0.0:
@@ -412,15 +412,38 @@ class Trans10kTrain(torch.utils.data.Dataset):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Evaluation
+# Evaluation and prediction: the whole image, resized to the model's square, no crop, no flip
+
+
+def model_pixels(image: Image.Image, resolution: int) -> torch.Tensor:
+    """``pixel_values`` [3, resolution, resolution] in [-1, 1] of a whole upright RGB image, as the model sees it."""
+    return image_to_tensor(image.resize((resolution, resolution), IMAGE_RESAMPLE))
+
+
+class ImageFiles(torch.utils.data.Dataset):
+    """Images without ground truth (predict.py): ``pixel_values`` for the model, the upright image at its native size
+    (``image``, uint8 H x W x 3, for resizing the prediction back and for overlays) and the file's ``stem``."""
+
+    def __init__(self, paths: Sequence[str | Path], resolution: int) -> None:
+        _check_resolution(resolution)
+        self.paths = [Path(path) for path in paths]
+        self.resolution = resolution
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        path = self.paths[index]
+        image = load_image(path)  # decoded at full size: the native image is returned too
+        return {"pixel_values": model_pixels(image, self.resolution), "image": np.asarray(image), "stem": path.stem}
 
 
 class Trans10kEval(torch.utils.data.Dataset):
-    """Whole images resized to ``resolution`` x ``resolution`` plus the ground truth at its native size."""
+    """Trans10k pairs: ``pixel_values`` (``model_pixels``), the binary mask at the same square size (``mask_values``,
+    the square protocol's target), the ground-truth classes at their native size (``gt_classes``), stem and subset."""
 
     def __init__(self, samples: Sequence[Sample], resolution: int) -> None:
-        if resolution < 1:
-            raise ValueError(f"resolution must be positive, got {resolution}")
+        _check_resolution(resolution)
         self.samples = list(samples)
         self.resolution = resolution
 
@@ -431,15 +454,13 @@ class Trans10kEval(torch.utils.data.Dataset):
         sample = self.samples[index]
         side = self.resolution
         mask_grey = load_mask_grey(sample.mask_path)
-        # original_size is read from the header before drafting, so scoring uses the true size.
-        image, _, original_size = _decode_image(sample.image_path, (side, side))
-        _check_pair_size(sample, original_size, mask_grey.size)
-        width, height = original_size
+        # The JPEG is decoded only as large as the square needs; the pair check uses the upright size from the header.
+        image, _, image_size = _decode_image(sample.image_path, (side, side))
+        _check_pair_size(sample, image_size, mask_grey.size)
         return {
-            "pixel_values": image_to_tensor(image.resize((side, side), IMAGE_RESAMPLE)),
+            "pixel_values": model_pixels(image, side),
             "mask_values": binary_to_tensor(np.array(mask_grey.resize((side, side), MASK_RESAMPLE)) > 0),
             "gt_classes": torch.from_numpy(grey_to_classes(np.array(mask_grey))),
-            "original_size": (height, width),
             "stem": sample.stem,
             "subset": sample.subset,
         }
@@ -449,7 +470,8 @@ _STACKED_KEYS = ("pixel_values", "mask_values")
 
 
 def eval_collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack the fixed-size tensors; keep native-size ground truths and metadata as per-item lists."""
+    """The collate of ``Trans10kEval`` and ``ImageFiles``: stack the model-sized tensors; keep native-size ground
+    truths and images and the metadata as per-item lists."""
     collated: dict[str, Any] = {}
     for key in batch[0]:
         values = [item[key] for item in batch]

@@ -1,7 +1,8 @@
-"""Image and mask operations for Trans10k: EXIF orientation, mask decoding and the joint training transforms.
+"""Image and mask operations for Trans10k: EXIF orientation, mask decoding, the joint training transforms, the
+conversions between images and model tensors, and the resize of raw predictions back to an image's size.
 
-Everything here works on already opened PIL images; opening files and turning read errors into ``DatasetError``
-happens in ``dataset.trans10k``.
+Everything here works on already opened PIL images, arrays and tensors; opening files and turning read errors into
+``DatasetError`` happens in ``dataset.trans10k``.
 
 torchvision.transforms.v2 would be the natural choice for the joint image+mask transforms (it transforms an image
 and a ``Mask`` together), but it is not installable next to the CPU torch wheel this project develops with (the
@@ -24,18 +25,18 @@ import torch
 import torch.nn.functional as F
 from PIL import ExifTags, Image, ImageChops, ImageEnhance, ImageOps
 
-# Class map values returned by grey_to_classes; 0/1/2 as in the Trans10k authors' loaders (TransLab, Trans2Seg).
-BACKGROUND = 0
-THINGS = 1
-STUFF = 2
-CLASS_NAMES = ("background", "things", "stuff")
-# Grey levels of the official masks. The dataset authors' loader maps 85 -> 1 and 255 -> 2 with class names
-# ('background', 'things', 'stuff'): xieenze/Segment_Transparent_Objects, segmentron/data/dataloader/trans10k.py.
-THINGS_LEVEL = 85
-STUFF_LEVEL = 255
+# Grey levels of the official masks (*_GREY) and the class ids grey_to_classes maps them to (*_CLASS). The dataset
+# authors' loader maps 85 -> 1 and 255 -> 2 with class names ('background', 'things', 'stuff'):
+# xieenze/Segment_Transparent_Objects, segmentron/data/dataloader/trans10k.py; TransLab and Trans2Seg use 0/1/2 too.
+BACKGROUND_GREY = 0
+THINGS_GREY = 85
+STUFF_GREY = 255
+BACKGROUND_CLASS = 0
+THINGS_CLASS = 1
+STUFF_CLASS = 2
 # Any other non-zero grey level (anti-aliasing, re-saved masks) goes to the nearer official level: 1..169 -> things,
 # 170..255 -> stuff. It is still transparent in the binary target, so no pixel is dropped or raises.
-_THINGS_STUFF_BOUNDARY = (THINGS_LEVEL + STUFF_LEVEL + 1) // 2
+_THINGS_STUFF_BOUNDARY = (THINGS_GREY + STUFF_GREY + 1) // 2
 
 IMAGE_RESAMPLE = Image.Resampling.BICUBIC
 # Masks are resized with NEAREST: every output pixel keeps an exact source value (0, 85 or 255), so there is no
@@ -110,25 +111,19 @@ def mask_grey_level(mask: Image.Image) -> Image.Image:
 
 
 def grey_to_classes(grey: np.ndarray) -> np.ndarray:
-    """uint8 class map from grey levels: 0 -> BACKGROUND, nearer 85 -> THINGS, nearer 255 -> STUFF."""
-    classes = np.full(grey.shape, BACKGROUND, dtype=np.uint8)
-    classes[(grey > 0) & (grey < _THINGS_STUFF_BOUNDARY)] = THINGS
-    classes[grey >= _THINGS_STUFF_BOUNDARY] = STUFF
+    """uint8 class map from grey levels: 0 -> BACKGROUND_CLASS, nearer 85 -> THINGS_CLASS, nearer 255 -> STUFF_CLASS.
+
+    The binary target is simply ``grey > 0``: every non-zero level is transparent.
+    """
+    classes = np.full(grey.shape, BACKGROUND_CLASS, dtype=np.uint8)
+    classes[(grey > BACKGROUND_GREY) & (grey < _THINGS_STUFF_BOUNDARY)] = THINGS_CLASS
+    classes[grey >= _THINGS_STUFF_BOUNDARY] = STUFF_CLASS
     return classes
 
 
-def mask_to_classes(mask: Image.Image) -> np.ndarray:
-    """uint8 [H, W] class map (0 background, 1 things, 2 stuff) of a mask in any supported mode."""
-    return grey_to_classes(np.array(mask_grey_level(mask)))
-
-
-def mask_to_binary(mask: Image.Image) -> np.ndarray:
-    """bool [H, W]: True where the mask is transparent (any non-zero channel, palette colour for P masks)."""
-    return np.array(mask_grey_level(mask)) > 0
-
-
-# The tensor conversions below do their arithmetic in numpy, which is single-threaded: torch's intra-op threads would
-# compete with DataLoader workers and the training loop (measured: up to 4x slower per item on a busy 2-core box).
+# image_to_tensor and binary_to_tensor do their arithmetic in numpy, which is single-threaded: torch's intra-op
+# threads would compete with DataLoader workers and the training loop (measured: up to 4x slower per item on a busy
+# 2-core box).
 
 
 def image_to_tensor(image: Image.Image) -> torch.Tensor:

@@ -32,7 +32,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
-from PIL import Image
 from transformers import (
     CLIPTextConfig,
     CLIPTextModelWithProjection,
@@ -43,7 +42,10 @@ from transformers import (
 )
 from transformers.utils import logging as transformers_logging
 
-from dataset.synthetic import resolve_counts, split_dir, write_synthetic_trans10k
+from dataset.synthetic import resolve_counts, write_synthetic_trans10k
+from dataset.trans10k import load_image, load_mask_grey, scan_split
+from dataset.transforms import IMAGE_RESAMPLE, MASK_RESAMPLE, binary_to_tensor, image_to_tensor
+from utils.atomic import replace_dir
 from utils.measure import count_parameters
 
 DATA_DIRNAME = "trans10k"
@@ -52,14 +54,47 @@ REPORT_FILENAME = "demo_build_report.json"
 COMPLETE_MARKER = ".complete"
 DEMO_RESOLUTION = 64  # square side the demo trains at: 8x8 latents, 4x4 transformer tokens
 
-# Transformer size; the lead tunes this. joint_attention_dim and pooled_projection_dim are fixed by the text encoders
-# below (T5 d_model and the sum of the two CLIP projection dims). qk_norm and dual attention in the first layers
-# mirror SD3.5-medium (MMDiT-X), so code paths that depend on them are exercised by the demo too.
-TINY_TRANSFORMER_CONFIG: dict = {
-    "sample_size": DEMO_RESOLUTION // 8,  # latent side at the demo resolution (sets the positional-embedding base)
+# SD3.5-medium's architecture, from stabilityai/stable-diffusion-3.5-medium transformer/config.json (MMDiT-X: dual
+# attention in the first 13 blocks) and vae/config.json. The benchmarks build it at full size with random weights;
+# the tiny configs below keep its layout and shrink its widths.
+SD35_MEDIUM_TRANSFORMER_CONFIG: dict = {
+    "sample_size": 128,
     "patch_size": 2,
     "in_channels": 16,
     "out_channels": 16,
+    "num_layers": 24,
+    "attention_head_dim": 64,
+    "num_attention_heads": 24,
+    "joint_attention_dim": 4096,
+    "caption_projection_dim": 1536,
+    "pooled_projection_dim": 2048,
+    "pos_embed_max_size": 384,
+    "dual_attention_layers": tuple(range(13)),
+    "qk_norm": "rms_norm",
+}
+SD35_MEDIUM_VAE_CONFIG: dict = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "latent_channels": 16,
+    "down_block_types": ("DownEncoderBlock2D",) * 4,
+    "up_block_types": ("UpDecoderBlock2D",) * 4,
+    "block_out_channels": (128, 256, 512, 512),
+    "layers_per_block": 2,
+    "norm_num_groups": 32,
+    "sample_size": 1024,
+    "use_quant_conv": False,
+    "use_post_quant_conv": False,
+    "shift_factor": 0.0609,
+    "scaling_factor": 1.5305,
+}
+
+# Transformer size; the lead tunes this. joint_attention_dim and pooled_projection_dim are fixed by the text encoders
+# below (T5 d_model and the sum of the two CLIP projection dims). Patch size, channels and qk_norm stay SD3.5-medium's
+# and dual attention sits in the first layers as there (MMDiT-X), so code paths that depend on them are exercised by
+# the demo too.
+TINY_TRANSFORMER_CONFIG: dict = {
+    **SD35_MEDIUM_TRANSFORMER_CONFIG,
+    "sample_size": DEMO_RESOLUTION // 8,  # latent side at the demo resolution (sets the positional-embedding base)
     "num_layers": 6,
     "attention_head_dim": 32,
     "num_attention_heads": 4,
@@ -68,24 +103,18 @@ TINY_TRANSFORMER_CONFIG: dict = {
     "pooled_projection_dim": 16,
     "pos_embed_max_size": 32,  # latent grids up to 64x64, i.e. images up to 512 px
     "dual_attention_layers": (0, 1),
-    "qk_norm": "rms_norm",
 }
 
-# SD3.5's VAE shape (16 latent channels, 4 blocks = spatial factor 8, no quant convs) with very few channels.
+# SD3.5's VAE shape (16 latent channels, 4 blocks = spatial factor 8, no quant convs) with very few channels. Its
+# shift_factor and scaling_factor are left to AutoencoderKL's defaults: the builder calibrates them after the fit.
 TINY_VAE_CONFIG: dict = {
-    "in_channels": 3,
-    "out_channels": 3,
-    "latent_channels": 16,
-    "down_block_types": ("DownEncoderBlock2D",) * 4,
-    "up_block_types": ("UpDecoderBlock2D",) * 4,
+    **{key: value for key, value in SD35_MEDIUM_VAE_CONFIG.items() if key not in ("shift_factor", "scaling_factor")},
     "block_out_channels": (8, 16, 32, 32),
     "layers_per_block": 1,
     # One group: GroupNorm removes each group's per-image mean, and with few channels per group that erases colour
     # casts. Measured in the demo: 1 group instead of 2 lowered the test latent loss 0.36 -> 0.25 (IoU 0.72 -> 0.75).
     "norm_num_groups": 1,
     "sample_size": DEMO_RESOLUTION,
-    "use_quant_conv": False,
-    "use_post_quant_conv": False,
 }
 
 # VAE fit, sized for a ~100 s build on a 2-core CPU (~0.06 s per step). Small batches of small crops reach a given
@@ -165,30 +194,21 @@ def build_tiny_vae(seed: int, config: dict | None = None) -> AutoencoderKL:
 # ---------------------------------------------------------------- data for the VAE
 
 
-def load_split_tensors(folder: Path, resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """All <stem>.jpg / <stem>_mask.png of one split folder, resized to a square.
+def load_split_tensors(data_root: Path, split: str, resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every image/mask pair of a split (test: easy, then hard), found and read as dataset.trans10k does, resized to
+    a square; a subset folder without pairs contributes none.
 
     Returns (images, masks), both (N, 3, R, R) float in [-1, 1]; masks are binary: -1 background, +1 transparent
     (stuff and things alike), repeated over 3 channels, which is how the method feeds masks to the VAE.
     """
+    side = (resolution, resolution)
     images, masks = [], []
-    for image_path in sorted((folder / "images").glob("*.jpg")):
-        image = Image.open(image_path).convert("RGB").resize((resolution, resolution), Image.BICUBIC)
-        mask = Image.open(folder / "masks" / f"{image_path.stem}_mask.png").convert("L")
-        mask = mask.resize((resolution, resolution), Image.NEAREST)
-        images.append(np.asarray(image, dtype=np.float32) / 127.5 - 1.0)
-        masks.append(np.where(np.asarray(mask) > 0, 1.0, -1.0).astype(np.float32))
+    for sample in scan_split(data_root, split).samples:
+        images.append(image_to_tensor(load_image(sample.image_path).resize(side, IMAGE_RESAMPLE)))
+        masks.append(binary_to_tensor(np.array(load_mask_grey(sample.mask_path).resize(side, MASK_RESAMPLE)) > 0))
     if not images:
         return torch.zeros(0, 3, resolution, resolution), torch.zeros(0, 3, resolution, resolution)
-    image_tensor = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
-    mask_tensor = torch.from_numpy(np.stack(masks))[:, None].repeat(1, 3, 1, 1)
-    return image_tensor, mask_tensor
-
-
-def load_test_tensors(data_root: Path, resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The test split, easy and hard together."""
-    parts = [load_split_tensors(split_dir(data_root, "test", subset), resolution) for subset in ("easy", "hard")]
-    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    return torch.stack(images), torch.stack(masks)
 
 
 # ---------------------------------------------------------------- VAE fit, metrics, calibration
@@ -365,8 +385,8 @@ def fit_and_calibrate_vae(
     vae: AutoencoderKL, data_root: Path, resolution: int, steps: int, batch_size: int, seed: int
 ) -> dict:
     """Fit the VAE on the train split, set its shift/scaling factors, and measure it on the test split."""
-    train_images, train_masks = load_split_tensors(split_dir(data_root, "train", None), resolution)
-    test_images, test_masks = load_test_tensors(data_root, resolution)
+    train_images, train_masks = load_split_tensors(data_root, "train", resolution)
+    test_images, test_masks = load_split_tensors(data_root, "test", resolution)
     if len(train_images) == 0 or len(test_images) == 0:
         raise ValueError(f"{data_root} has no train or no test images to fit and check the VAE on")
 
@@ -437,10 +457,8 @@ def building(final_dir: Path, build_params: dict) -> Iterator[Path]:
 
 
 def _move_into_place(temp_dir: Path, final_dir: Path, build_params: dict) -> None:
-    if final_dir.exists():
-        shutil.rmtree(final_dir)
     try:
-        os.replace(temp_dir, final_dir)
+        replace_dir(temp_dir, final_dir)  # an old build is renamed aside before it is deleted, never half deleted
     except OSError:
         # Someone else in the same checkout moved a build in between: fine if it is complete and equivalent.
         if not is_complete(final_dir, build_params):

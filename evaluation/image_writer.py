@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from evaluation.metrics import check_raw_range
 from utils.atomic import atomic_path
 
 logger = logging.getLogger(__name__)
@@ -143,9 +144,7 @@ def raw_to_png_array(raw: torch.Tensor) -> np.ndarray:
     if raw.dim() != 2:
         raise ValueError(f"raw must be [H, W] or [1, H, W], got shape {tuple(raw.shape)}")
     values = raw.detach().float()
-    low, high = torch.stack([values.amin(), values.amax()]).tolist()
-    if not (low >= 0.0 and high <= 1.0):
-        raise ValueError(f"raw predictions must lie in [0, 1], got min {low} max {high}")
+    check_raw_range(values)
     return torch.round(values * 255.0).to(torch.uint8).cpu().numpy()
 
 

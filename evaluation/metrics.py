@@ -10,14 +10,17 @@ Definitions (the README prints the same text):
   too: an empty mask predicted empty is perfect, never NaN).
 - ``per_image_mean``: mean over images of the per-image metrics. ``dataset``: the same formulas applied to counts
   and error sums pooled over all pixels of all images.
-- Scoring happens at each ground truth's native size: ``dataset.transforms.resize_raw`` brings a prediction there
-  before thresholding.
+- Scoring happens at each ground truth's native size (``evaluation.scoring``: ``dataset.transforms.resize_raw``
+  brings a prediction there before thresholding); the square protocol resizes the ground truth to the model's
+  resolution instead.
 
-Gathering across processes: an ``ImageScore`` is a small picklable dataclass, so the simplest exact route is
-``accelerator.gather_for_metrics(list_of_image_scores)`` (accelerate falls back to ``gather_object`` for non-tensors
-and still drops the duplicated samples of the last batch). For same-size batches, ``score_batch_tensor`` returns a
-float64 tensor [B, 6] that gathers as a tensor; ``ImageScore.from_row`` turns a gathered row back into a score.
-The rows are float64, not int64, because the error sums are fractional; pixel counts stay exact up to 2**53.
+Counting happens in float64 on the prediction's device (error sums are fractional; pixel counts stay exact up to
+2**53) and comes back to the host as python ints and floats in an ``ImageScore``.
+
+Gathering across processes: an ``ImageScore`` is a small picklable dataclass, so val_inference.py and the trainer's
+validation gather lists of them with ``accelerator.gather_for_metrics(scores, use_gather_object=True)``, which also
+drops the duplicated samples of the last batch. The threshold sweep's per-image histograms (``sweep_histogram``) are
+int64 tensors of one shape and gather as tensors; ``threshold_sweep`` turns their sum into IoU at every threshold.
 """
 
 from __future__ import annotations
@@ -31,8 +34,6 @@ import torch
 METRIC_NAMES = ("iou", "recall", "precision", "f1", "acc", "ber", "mae", "mse")
 # Metrics where a larger value is worse (used to pick the worst images).
 LOWER_IS_BETTER = frozenset({"ber", "mae", "mse"})
-# Column order of score_batch_tensor rows and of ImageScore.from_row.
-ROW_FIELDS = ("tp", "fp", "fn", "tn", "abs_err", "sq_err")
 DEFAULT_THRESHOLD = 0.5
 # Sweep thresholds 0.01, 0.02, ..., 0.99 (k / 100 gives the double nearest each decimal, unlike an arange).
 DEFAULT_SWEEP_THRESHOLDS = tuple(k / 100 for k in range(1, 100))
@@ -69,7 +70,7 @@ def metrics_from_counts(
 
 @dataclass
 class ImageScore:
-    """Counts and error sums of one image at its GT's native size; one row of per_image.csv."""
+    """Counts and error sums of one image at the size it was scored at (native or square); a row of per_image.csv."""
 
     stem: str
     subset: str
@@ -88,19 +89,6 @@ class ImageScore:
 
     def metrics(self) -> dict[str, float]:
         return metrics_from_counts(self.tp, self.fp, self.fn, self.tn, self.abs_err, self.sq_err, self.num_pixels)
-
-    @classmethod
-    def from_row(
-        cls, row: torch.Tensor | Sequence[float], stem: str, subset: str, height: int, width: int
-    ) -> ImageScore:
-        """Rebuild a score from one ``score_batch_tensor`` row (tp, fp, fn, tn, abs_err, sq_err)."""
-        values = row.tolist() if isinstance(row, torch.Tensor) else list(row)
-        if len(values) != len(ROW_FIELDS):
-            raise ValueError(f"a score row has {len(ROW_FIELDS)} values {ROW_FIELDS}, got {len(values)}")
-        tp, fp, fn, tn = (round(v) for v in values[:4])
-        if tp + fp + fn + tn != height * width:
-            raise ValueError(f"row counts sum to {tp + fp + fn + tn}, not {height}x{width} = {height * width} pixels")
-        return cls(stem, subset, height, width, tp, fp, fn, tn, float(values[4]), float(values[5]))
 
 
 def binarize_gt(mask: torch.Tensor) -> torch.Tensor:
@@ -121,45 +109,25 @@ def _float64_device(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.cpu() if tensor.device.type == "mps" else tensor
 
 
-def _check_raw_range(raw: torch.Tensor) -> None:
-    # One host sync for both bounds; NaN fails both comparisons and is reported too.
+def check_raw_range(raw: torch.Tensor) -> None:
+    """ValueError unless every value lies in [0, 1]. One host sync for both bounds; NaN fails both comparisons."""
     low, high = torch.stack([raw.amin(), raw.amax()]).tolist()
     if not (low >= 0.0 and high <= 1.0):
         raise ValueError(f"raw predictions must lie in [0, 1], got min {low} max {high}")
 
 
-def _count_rows(raw: torch.Tensor, gt_binary: torch.Tensor, threshold: float) -> torch.Tensor:
-    """float64 [B, 6] rows (tp, fp, fn, tn, abs_err, sq_err) for raw [B, H, W] and gt [B, H, W]."""
-    if raw.shape != gt_binary.shape:
-        raise ValueError(f"raw shape {tuple(raw.shape)} differs from gt shape {tuple(gt_binary.shape)}")
+def _sums(raw: torch.Tensor, gt_binary: torch.Tensor, threshold: float) -> list[float]:
+    """[tp, fp, fn, tn, abs_err, sq_err] of one image (raw and gt [H, W]), summed in float64 on raw's device."""
     if not raw.is_floating_point():
         raise TypeError(f"raw must be a float tensor in [0, 1], got dtype {raw.dtype}")
     raw = _float64_device(raw.detach()).to(torch.float64)  # float64 so error sums do not drift
     gt = binarize_gt(gt_binary.detach()).to(raw.device)
-    _check_raw_range(raw)
+    check_raw_range(raw)
     predicted = raw >= threshold
-    dims = tuple(range(1, raw.dim()))
-    tp = (predicted & gt).sum(dim=dims)
-    fp = (predicted & ~gt).sum(dim=dims)
-    fn = (~predicted & gt).sum(dim=dims)
-    tn = (~predicted & ~gt).sum(dim=dims)
+    counts = [predicted & gt, predicted & ~gt, ~predicted & gt, ~predicted & ~gt]  # tp, fp, fn, tn
     error = raw - gt.to(torch.float64)
-    abs_err = error.abs().sum(dim=dims)
-    sq_err = error.square().sum(dim=dims)
-    counts = torch.stack([tp, fp, fn, tn], dim=1).to(torch.float64)  # exact up to 2**53 pixels
-    return torch.cat([counts, abs_err[:, None], sq_err[:, None]], dim=1)
-
-
-def score_batch_tensor(
-    raw: torch.Tensor, gt_binary: torch.Tensor, threshold: float = DEFAULT_THRESHOLD
-) -> torch.Tensor:
-    """Score a same-size batch: raw float [B, H, W] in [0, 1], gt [B, H, W] -> float64 [B, 6] on raw's device.
-
-    Columns follow ROW_FIELDS. Meant for ``gather_for_metrics`` as a tensor; rebuild with ``ImageScore.from_row``.
-    """
-    if raw.dim() != 3:
-        raise ValueError(f"raw must be [B, H, W], got shape {tuple(raw.shape)}")
-    return _count_rows(raw, gt_binary, threshold)
+    sums = [*(c.sum().to(torch.float64) for c in counts), error.abs().sum(), error.square().sum()]
+    return torch.stack(sums).tolist()  # one transfer; float64 counts are exact up to 2**53 pixels
 
 
 def score_image(
@@ -167,15 +135,17 @@ def score_image(
 ) -> ImageScore:
     """Score one image: raw float [H, W] in [0, 1] and gt [H, W] (bool, or any dtype where non-zero = foreground).
 
-    Both must already be at the GT's native size (see ``dataset.transforms.resize_raw``); [1, H, W] is accepted too.
-    Works on any device; the counts come back as python ints after a single host sync.
+    Both must already be at the size scored at: the GT's native size under the native protocol (see
+    ``evaluation.scoring.scoring_pair``); [1, H, W] is accepted too. Works on any device; two small host transfers
+    (the range check, then the six sums) bring the counts back as python ints.
     """
     if raw.shape != gt_binary.shape:
         raise ValueError(f"raw shape {tuple(raw.shape)} differs from gt shape {tuple(gt_binary.shape)}")
     raw_2d, gt_2d = _as_image_2d(raw, "raw"), _as_image_2d(gt_binary, "gt_binary")
-    row = _count_rows(raw_2d[None], gt_2d[None], threshold)[0]
+    tp, fp, fn, tn, abs_err, sq_err = _sums(raw_2d, gt_2d, threshold)
     height, width = raw_2d.shape
-    return ImageScore.from_row(row.cpu(), stem=stem, subset=subset, height=int(height), width=int(width))
+    counts = (round(tp), round(fp), round(fn), round(tn))
+    return ImageScore(stem, subset, int(height), int(width), *counts, abs_err, sq_err)
 
 
 def _pooled_metrics(scores: Sequence[ImageScore]) -> dict[str, float]:
@@ -296,33 +266,3 @@ def threshold_sweep(histogram: torch.Tensor, thresholds: Sequence[float] = DEFAU
     ]
     best_threshold, best_iou = max(points, key=lambda point: point[1])
     return SweepResult(points=points, best_threshold=best_threshold, best_iou=best_iou)
-
-
-class ThresholdSweep:
-    """Accumulates sweep histograms image by image; ``result()`` gives IoU at every threshold.
-
-    ``update`` returns the image's histogram as well, so a multi-process run can gather per-image histograms with
-    gather_for_metrics (which drops the last batch's duplicated samples) and feed the gathered stack to
-    ``add_histogram`` on one process.
-    """
-
-    def __init__(self, thresholds: Sequence[float] = DEFAULT_SWEEP_THRESHOLDS) -> None:
-        self.thresholds = tuple(float(t) for t in _threshold_tensor(thresholds).tolist())
-        self.histogram = torch.zeros(2, len(self.thresholds) + 1, dtype=torch.int64)
-
-    def update(self, raw: torch.Tensor, gt_binary: torch.Tensor) -> torch.Tensor:
-        image_histogram = sweep_histogram(raw, gt_binary, self.thresholds)
-        self.add_histogram(image_histogram)
-        return image_histogram
-
-    def add_histogram(self, histogram: torch.Tensor) -> None:
-        """Add one [2, T + 1] histogram or a stack [N, 2, T + 1]."""
-        histogram = histogram.detach().cpu().long()
-        if histogram.dim() == 3:
-            histogram = histogram.sum(dim=0)
-        if histogram.shape != self.histogram.shape:
-            raise ValueError(f"histogram shape {tuple(histogram.shape)}, expected {tuple(self.histogram.shape)}")
-        self.histogram += histogram
-
-    def result(self) -> SweepResult:
-        return threshold_sweep(self.histogram, self.thresholds)

@@ -124,14 +124,19 @@ def _reference_row(reference: ReferenceRow) -> list[str]:
     return [reference.method, reference.statistic + reference.footnote_mark, *cells]
 
 
-def format_metrics_md(
+def write_metrics_md(
+    path: str | Path,
     subsets_summary: dict[str, dict],
     title: str,
     protocol_note: str,
     oracle_summary: dict[str, dict] | None = None,
     oracle_label: str = "oracle",
-) -> str:
-    """The text of metrics.md (see ``write_metrics_md``)."""
+) -> None:
+    """Paper-style Markdown: IoU / recall / MSE for mix, easy, hard beside REFERENCE_ROWS, then every metric.
+
+    Our rows are printed twice, per-image mean and dataset-pooled, and labelled, since the seed's statistic is
+    unknown. ``oracle_summary`` (same shape as ``subsets_summary``) adds rows labelled ``oracle_label``.
+    """
     rows = _run_rows("this run", subsets_summary)
     if oracle_summary is not None:
         rows += _run_rows(oracle_label, oracle_summary)
@@ -153,28 +158,12 @@ def format_metrics_md(
     ]
     if oracle_summary is not None:
         sections += [f"## All metrics: {oracle_label}", format_summary_table(oracle_summary)]
-    return "\n\n".join(section for section in sections if section) + "\n"
-
-
-def write_metrics_md(
-    path: str | Path,
-    subsets_summary: dict[str, dict],
-    title: str,
-    protocol_note: str,
-    oracle_summary: dict[str, dict] | None = None,
-    oracle_label: str = "oracle",
-) -> None:
-    """Paper-style Markdown: IoU / recall / MSE for mix, easy, hard beside REFERENCE_ROWS, then every metric.
-
-    Our rows are printed twice, per-image mean and dataset-pooled, and labelled, since the seed's statistic is
-    unknown. ``oracle_summary`` (same shape as ``subsets_summary``) adds rows labelled ``oracle_label``.
-    """
-    text = format_metrics_md(subsets_summary, title, protocol_note, oracle_summary, oracle_label)
+    text = "\n\n".join(section for section in sections if section) + "\n"
     atomic_write_text(path, text)
 
 
 def write_per_image_csv(path: str | Path, scores: Sequence[ImageScore]) -> None:
-    """One row per image: stem, subset, size, every metric, then the raw counts; sorted by subset then stem."""
+    """One row per image: stem, subset, size, every metric, then the counts and error sums; sorted by subset, stem."""
     with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
         writer.writeheader()
@@ -186,23 +175,3 @@ def write_per_image_csv(path: str | Path, scores: Sequence[ImageScore]) -> None:
                 | score.metrics()
                 | counts
             )
-
-
-def read_per_image_csv(path: str | Path) -> list[ImageScore]:
-    """Scores back from per_image.csv (the metric columns are recomputed from the counts, so they are not read)."""
-    with Path(path).open(newline="", encoding="utf-8") as handle:
-        return [
-            ImageScore(
-                stem=row["stem"],
-                subset=row["subset"],
-                height=int(row["height"]),
-                width=int(row["width"]),
-                tp=int(row["tp"]),
-                fp=int(row["fp"]),
-                fn=int(row["fn"]),
-                tn=int(row["tn"]),
-                abs_err=float(row["abs_err"]),
-                sq_err=float(row["sq_err"]),
-            )
-            for row in csv.DictReader(handle)
-        ]

@@ -8,6 +8,8 @@ import torch
 import yaml
 from diffusers import AutoencoderKL, SD3Transformer2DModel
 
+from models.lora import LORA_DIR, LORA_WEIGHTS, load_lora_transformer
+
 
 def precision_dtype(mixed_precision: str) -> torch.dtype:
     """The dtype of a mixed_precision setting ("no", "fp16", "bf16")."""
@@ -33,19 +35,42 @@ def load_base_transformer(model: str, revision: str | None, variant: str | None)
 
 
 def resolve_transformer_dir(path: str | Path) -> Path:
-    """Accept a `save_pretrained` folder, a `checkpoint-<step>/` folder, or a training output_dir."""
+    """The folder of trained weights behind `path`: a `save_pretrained` folder (config.json), else a LoRA adapter
+    folder (pytorch_lora_weights.safetensors). `path` may be that folder, a `checkpoint-<step>/` or a training
+    output_dir; a merged `transformer/` wins over the adapter it came from."""
     path = Path(path)
     for candidate in (path, path / "transformer"):
         if (candidate / "config.json").is_file():
             return candidate
+    for candidate in (path, path / LORA_DIR):
+        if (candidate / LORA_WEIGHTS).is_file():
+            return candidate
     raise FileNotFoundError(
-        f"transformer_path {path}: no config.json in it or in {path / 'transformer'}; pass the trainer's "
-        "output_dir, one of its checkpoint-<step>/ folders, or a folder written by save_pretrained"
+        f"transformer_path {path}: no config.json (or {LORA_WEIGHTS}) in it, in {path / 'transformer'} or in "
+        f"{path / LORA_DIR}; pass the trainer's output_dir, one of its checkpoint-<step>/ folders, or a folder "
+        "written by save_pretrained"
     )
 
 
-def load_trained_transformer(path: str | Path, dtype: torch.dtype) -> SD3Transformer2DModel:
-    transformer = SD3Transformer2DModel.from_pretrained(resolve_transformer_dir(path), torch_dtype=dtype)
+def is_lora_dir(folder: Path) -> bool:
+    return (folder / LORA_WEIGHTS).is_file() and not (folder / "config.json").is_file()
+
+
+def load_trained_transformer(path: str | Path, dtype: torch.dtype, args) -> SD3Transformer2DModel:
+    """The trained transformer: a saved folder, or the base model (`args`' pretrained_model_name_or_path, revision,
+    variant: checked against the training run) with a LoRA adapter merged in."""
+    folder = resolve_transformer_dir(path)
+    if is_lora_dir(folder):
+        base = SD3Transformer2DModel.from_pretrained(
+            args.pretrained_model_name_or_path,
+            subfolder="transformer",
+            revision=args.revision,
+            variant=args.variant,
+            torch_dtype=dtype,
+        )
+        transformer = load_lora_transformer(base, folder)
+    else:
+        transformer = SD3Transformer2DModel.from_pretrained(folder, torch_dtype=dtype)
     transformer.requires_grad_(False)
     return transformer.eval()
 

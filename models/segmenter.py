@@ -78,6 +78,6 @@ def load_predictor(args, transformer_path: str, device: torch.device, dtype: tor
         model, revision, variant, args.cache_dir, device, args.max_sequence_length
     )
     vae = load_frozen_vae(model, revision, variant, dtype).to(device)
-    transformer = load_trained_transformer(transformer_path, dtype).to(device)
+    transformer = load_trained_transformer(transformer_path, dtype, args).to(device)
     check_resolution(args.resolution, vae, transformer.config)
     return MaskPredictor(vae, transformer, prompt_embeds.to(device, dtype), pooled.to(device, dtype), args.timestep)

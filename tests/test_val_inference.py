@@ -27,6 +27,7 @@ def trained(tiny_assets, tmp_path_factory, run) -> Path:
                 "cache_dir": str(tiny_assets["cache"]),
                 "output_dir": str(root / "run"),
                 "resolution": 64,
+                "max_sequence_length": 8,  # 8 CLIP + 8 T5 text tokens, as the demo: fast steps
                 "mixed_precision": "no",
                 "train_batch_size": 4,
                 "gradient_accumulation_steps": 1,
@@ -49,10 +50,15 @@ def metrics(eval_dir: Path) -> dict:
     return json.loads((eval_dir / "metrics.json").read_text())
 
 
+def evaluate(run, overlay: Path, eval_dir: Path, *flags: str, **options):
+    """val_inference.py with the trained overlay, writing into eval_dir."""
+    return run("val_inference.py", "--config", str(overlay), "--eval_output_dir", str(eval_dir), *flags, **options)
+
+
 def test_one_and_two_processes_agree_on_an_odd_number_of_images(trained, tmp_path, run):
     one, two = tmp_path / "one", tmp_path / "two"
-    run("val_inference.py", "--config", str(trained), "--eval_output_dir", str(one))
-    run("val_inference.py", "--config", str(trained), "--eval_output_dir", str(two), processes=2)
+    evaluate(run, trained, one)
+    evaluate(run, trained, two, processes=2)
     first, second = metrics(one), metrics(two)
     assert first["subsets"]["mix"]["num_images"] == 7  # 4 easy + 3 hard: one rank gets a padded duplicate
     assert first["subsets"] == second["subsets"]
@@ -63,7 +69,7 @@ def test_one_and_two_processes_agree_on_an_odd_number_of_images(trained, tmp_pat
 
 def test_metrics_shape_files_and_rescoring_saved_predictions(trained, tmp_path, run, tiny_assets):
     eval_dir = tmp_path / "model"
-    run("val_inference.py", "--config", str(trained), "--eval_output_dir", str(eval_dir))
+    evaluate(run, trained, eval_dir)
     result = metrics(eval_dir)
     assert result["threshold"] == 0.5
     assert set(result["subsets"]) == {"easy", "hard", "mix"}
@@ -79,28 +85,11 @@ def test_metrics_shape_files_and_rescoring_saved_predictions(trained, tmp_path, 
     assert "0.8819" in (eval_dir / "metrics.md").read_text()
 
     rescored = tmp_path / "rescored"
-    run(
-        "val_inference.py",
-        "--config",
-        str(trained),
-        "--predictions_dir",
-        str(eval_dir / "raw"),
-        "--eval_output_dir",
-        str(rescored),
-    )
+    evaluate(run, trained, rescored, "--predictions_dir", str(eval_dir / "raw"))
     assert metrics(rescored)["subsets"] == result["subsets"]
 
     (eval_dir / "raw" / "easy" / "0001.png").unlink()
-    missing = run(
-        "val_inference.py",
-        "--config",
-        str(trained),
-        "--predictions_dir",
-        str(eval_dir / "raw"),
-        "--eval_output_dir",
-        str(tmp_path / "missing"),
-        check=False,
-    )
+    missing = evaluate(run, trained, tmp_path / "missing", "--predictions_dir", str(eval_dir / "raw"), check=False)
     assert missing.returncode != 0
     assert str(eval_dir / "raw" / "easy" / "0001.png") in missing.stderr
 
@@ -129,19 +118,7 @@ def test_two_checkpoints_evaluated_with_defaults_land_in_their_own_folders(train
 
 def test_vae_oracle_and_threshold_sweep_on_validation(trained, tmp_path, run):
     oracle = tmp_path / "oracle"
-    run(
-        "val_inference.py",
-        "--config",
-        str(trained),
-        "--oracle",
-        "vae_roundtrip",
-        "--eval_output_dir",
-        str(oracle),
-        "--split",
-        "validation",
-        "--threshold_sweep",
-        "true",
-    )
+    evaluate(run, trained, oracle, "--oracle", "vae_roundtrip", "--split", "validation", "--threshold_sweep", "true")
     result = metrics(oracle)
     assert result["source"] == "vae_roundtrip"
     assert result["subsets"]["mix"]["num_images"] == 5

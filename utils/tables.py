@@ -1,4 +1,4 @@
-"""Markdown tables, for metrics.md, the dataset checker and the benchmarks."""
+"""Markdown tables, for metrics.md and the benchmarks."""
 
 from __future__ import annotations
 

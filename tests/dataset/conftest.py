@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dataset.transforms import STUFF_LEVEL, THINGS_LEVEL
+from dataset.transforms import STUFF_GREY, THINGS_GREY
 
 IMAGE_SIZE = (40, 30)  # (width, height)
 EXIF_ORIENTATION_TAG = 0x0112
@@ -33,8 +33,8 @@ def _write_mask(path: Path, size: tuple[int, int] = IMAGE_SIZE) -> Path:
     """Mode-L mask: things (85) in the left third, stuff (255) in the top-right corner, background elsewhere."""
     width, height = size
     grey = np.zeros((height, width), dtype=np.uint8)
-    grey[:, : width // 3] = THINGS_LEVEL
-    grey[: height // 2, 2 * width // 3 :] = STUFF_LEVEL
+    grey[:, : width // 3] = THINGS_GREY
+    grey[: height // 2, 2 * width // 3 :] = STUFF_GREY
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(grey, mode="L").save(path)
     return path

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dataset.synthetic import HEIGHT_RANGE, STUFF, THINGS, WIDTH_RANGE, resolve_counts, write_synthetic_trans10k
+from dataset.synthetic import HEIGHT_RANGE, WIDTH_RANGE, resolve_counts, write_synthetic_trans10k
+from dataset.transforms import STUFF_GREY, THINGS_GREY
 
 SMALL_COUNTS = {"train": 12, "validation/easy": 3, "validation/hard": 3, "test/easy": 16, "test/hard": 16}
 SPLIT_FOLDERS = ["train", "validation/easy", "validation/hard", "test/easy", "test/hard"]
@@ -66,9 +67,9 @@ def test_images_and_masks_agree_in_size_mode_and_values(tree: Path) -> None:
             assert mask.format == "PNG" and mask.mode == "L"
             assert image.size == mask.size
             values = set(np.unique(np.asarray(mask)).tolist())
-            assert values <= {0, STUFF, THINGS}
+            assert values <= {0, STUFF_GREY, THINGS_GREY}
             values_seen |= values
-    assert {STUFF, THINGS} <= values_seen, "both Trans10k classes must occur"
+    assert {STUFF_GREY, THINGS_GREY} <= values_seen, "both Trans10k classes must occur"
 
 
 def test_native_sizes_vary_and_are_mostly_not_square(tree: Path) -> None:
@@ -84,7 +85,7 @@ def test_hard_objects_are_smaller_than_easy_ones(tree: Path) -> None:
     def mean_object_fraction(folder: Path) -> float:
         fractions = []
         for _, mask in read_pairs(folder):
-            things = np.asarray(mask) == THINGS
+            things = np.asarray(mask) == THINGS_GREY
             fractions += [area / things.size for area in object_areas(things)]
         return float(np.mean(fractions))
 

@@ -8,6 +8,7 @@ from PIL import Image
 from dataset import trans10k, transforms
 from dataset.trans10k import (
     DatasetError,
+    ImageFiles,
     Sample,
     TrainSampler,
     Trans10kEval,
@@ -17,10 +18,11 @@ from dataset.trans10k import (
     find_problems,
     find_samples,
     load_image,
+    model_pixels,
     read_image_size,
     validate_split,
 )
-from dataset.transforms import BACKGROUND, STUFF, THINGS
+from dataset.transforms import BACKGROUND_CLASS, STUFF_CLASS, THINGS_CLASS
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Layout discovery
@@ -300,7 +302,6 @@ def test_sampler_is_a_reproducible_permutation_per_epoch() -> None:
     epoch_1 = list(sampler)
     assert [index for index, _ in epoch_1] != [index for index, _ in epoch_0]
     assert all(seed == augmentation_seed(3, 1, index) for index, seed in epoch_1)
-    assert [index for index, _ in TrainSampler(5, seed=3, shuffle=False)] == [0, 1, 2, 3, 4]
     assert list(TrainSampler(50, seed=4)) != epoch_0
 
 
@@ -350,10 +351,10 @@ def test_eval_item_keeps_native_ground_truth_of_a_rotated_drafted_jpeg(tmp_path:
     mask_path = write_mask(tmp_path / "masks" / "r_mask.png", size=(160, 200))
     item = Trans10kEval([Sample(image_path, mask_path, "r", "test", "hard")], resolution=16)[0]
 
-    assert item["original_size"] == (200, 160)  # (H, W) of the upright image, not of the draft
-    assert item["gt_classes"].shape == (200, 160) and item["gt_classes"].dtype == torch.uint8
-    assert item["gt_classes"][0, 0] == THINGS and item["gt_classes"][0, -1] == STUFF
-    assert item["gt_classes"][-1, -1] == BACKGROUND
+    assert item["gt_classes"].shape == (200, 160)  # (H, W) of the upright image, not of the draft
+    assert item["gt_classes"].dtype == torch.uint8
+    assert item["gt_classes"][0, 0] == THINGS_CLASS and item["gt_classes"][0, -1] == STUFF_CLASS
+    assert item["gt_classes"][-1, -1] == BACKGROUND_CLASS
     assert item["pixel_values"].shape == item["mask_values"].shape == (3, 16, 16)
     assert item["stem"] == "r" and item["subset"] == "hard"
     # The 16x16 mask is the nearest-neighbour resize of the binary ground truth.
@@ -366,8 +367,21 @@ def test_eval_collate_stacks_tensors_and_lists_the_rest(tree: Path) -> None:
     batch = eval_collate([dataset[0], dataset[3]])
     assert batch["pixel_values"].shape == batch["mask_values"].shape == (2, 3, 16, 16)
     assert [g.shape for g in batch["gt_classes"]] == [(30, 40), (30, 40)]
-    assert batch["original_size"] == [(30, 40), (30, 40)]
     assert batch["stem"] == ["teeasy0", "tehard1"] and batch["subset"] == ["easy", "hard"]
+
+
+def test_image_files_give_model_pixels_and_the_upright_native_image(tmp_path: Path, write_image) -> None:
+    rotated = write_image(tmp_path / "rotated.jpg", size=(40, 30), exif_orientation=6)  # upright 30 wide, 40 high
+    odd = write_image(tmp_path / "odd.png", size=(33, 50))
+    dataset = ImageFiles([rotated, odd], resolution=16)
+    batch = eval_collate([dataset[0], dataset[1]])  # the one collate of evaluation and prediction
+    assert batch["pixel_values"].shape == (2, 3, 16, 16) and batch["pixel_values"].dtype == torch.float32
+    assert [image.shape for image in batch["image"]] == [(40, 30, 3), (50, 33, 3)]
+    assert all(image.dtype == np.uint8 for image in batch["image"])
+    assert batch["stem"] == ["rotated", "odd"]
+    assert torch.equal(batch["pixel_values"][0], model_pixels(load_image(rotated), 16))
+    with pytest.raises(ValueError, match="resolution"):
+        ImageFiles([odd], resolution=0)
 
 
 def test_drafted_jpeg_crop_matches_a_full_size_decode(tmp_path: Path, write_mask, monkeypatch) -> None:

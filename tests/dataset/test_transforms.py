@@ -6,10 +6,10 @@ import torch
 from PIL import Image
 
 from dataset.transforms import (
-    BACKGROUND,
+    BACKGROUND_CLASS,
     CROP_ASPECT_RANGE,
-    STUFF,
-    THINGS,
+    STUFF_CLASS,
+    THINGS_CLASS,
     JitterFactors,
     TrainAugmentation,
     augment_pair,
@@ -17,9 +17,9 @@ from dataset.transforms import (
     draft_jpeg,
     grey_to_classes,
     image_to_tensor,
-    mask_to_binary,
-    mask_to_classes,
+    mask_grey_level,
     min_decode_size,
+    resize_raw,
     sample_crop_box,
     sample_jitter_factors,
     to_upright_rgb,
@@ -29,7 +29,14 @@ from dataset.transforms import (
 # Official grey levels: background 0, things 85, stuff 255.
 GREY = np.array([[0, 85, 255], [255, 0, 85]], dtype=np.uint8)
 EXPECTED_BINARY = GREY > 0
-EXPECTED_CLASSES = np.array([[BACKGROUND, THINGS, STUFF], [STUFF, BACKGROUND, THINGS]], dtype=np.uint8)
+EXPECTED_CLASSES = np.array(
+    [[BACKGROUND_CLASS, THINGS_CLASS, STUFF_CLASS], [STUFF_CLASS, BACKGROUND_CLASS, THINGS_CLASS]], dtype=np.uint8
+)
+
+
+def _grey(mask: Image.Image) -> np.ndarray:
+    """Grey levels as dataset.trans10k reads a mask: binary target ``grey > 0``, classes ``grey_to_classes(grey)``."""
+    return np.array(mask_grey_level(mask))
 
 
 def _mask_in_mode(mode: str) -> Image.Image:
@@ -49,8 +56,8 @@ def test_official_levels_decode_to_binary_and_classes_in_every_mode(mode: str) -
     mask = _mask_in_mode(mode)
     assert mask.mode == mode
 
-    np.testing.assert_array_equal(mask_to_binary(mask), EXPECTED_BINARY)
-    classes = mask_to_classes(mask)
+    np.testing.assert_array_equal(_grey(mask) > 0, EXPECTED_BINARY)
+    classes = grey_to_classes(_grey(mask))
     assert classes.dtype == np.uint8
     np.testing.assert_array_equal(classes, EXPECTED_CLASSES)
 
@@ -60,27 +67,36 @@ def test_palette_colour_decides_not_palette_index() -> None:
     mask = Image.fromarray(np.array([[0, 1]], dtype=np.uint8), mode="P")
     mask.putpalette([255, 255, 255, 0, 0, 0])
 
-    np.testing.assert_array_equal(mask_to_binary(mask), [[True, False]])
-    np.testing.assert_array_equal(mask_to_classes(mask), [[STUFF, BACKGROUND]])
+    np.testing.assert_array_equal(_grey(mask) > 0, [[True, False]])
+    np.testing.assert_array_equal(grey_to_classes(_grey(mask)), [[STUFF_CLASS, BACKGROUND_CLASS]])
 
 
 def test_rgb_pixel_with_any_non_zero_channel_is_transparent() -> None:
     pixels = np.array([[[0, 0, 7], [0, 200, 0], [0, 0, 0]]], dtype=np.uint8)
     mask = Image.fromarray(pixels, mode="RGB")
 
-    np.testing.assert_array_equal(mask_to_binary(mask), [[True, True, False]])
-    np.testing.assert_array_equal(mask_to_classes(mask), [[THINGS, STUFF, BACKGROUND]])
+    np.testing.assert_array_equal(_grey(mask) > 0, [[True, True, False]])
+    np.testing.assert_array_equal(grey_to_classes(_grey(mask)), [[THINGS_CLASS, STUFF_CLASS, BACKGROUND_CLASS]])
 
 
 def test_unofficial_grey_levels_go_to_the_nearer_class() -> None:
     grey = np.array([0, 1, 84, 85, 169, 170, 254, 255], dtype=np.uint8)
-    expected = [BACKGROUND, THINGS, THINGS, THINGS, THINGS, STUFF, STUFF, STUFF]
+    expected = [
+        BACKGROUND_CLASS,
+        THINGS_CLASS,
+        THINGS_CLASS,
+        THINGS_CLASS,
+        THINGS_CLASS,
+        STUFF_CLASS,
+        STUFF_CLASS,
+        STUFF_CLASS,
+    ]
     np.testing.assert_array_equal(grey_to_classes(grey), expected)
 
 
 def test_unsupported_mask_mode_is_rejected() -> None:
     with pytest.raises(ValueError, match="unsupported mask mode 'I;16'"):
-        mask_to_binary(Image.new("I;16", (4, 4)))
+        mask_grey_level(Image.new("I;16", (4, 4)))
 
 
 def _write_halves_jpeg(path: Path, size: tuple[int, int], orientation: int) -> Path:
@@ -191,3 +207,28 @@ def test_tensors_are_in_minus_one_to_one() -> None:
     mask = binary_to_tensor(np.array([[True, False]]))
     assert mask.shape == (3, 1, 2) and mask.dtype == torch.float32
     assert mask[:, 0, 0].tolist() == [1.0] * 3 and mask[:, 0, 1].tolist() == [-1.0] * 3
+
+
+def test_resize_raw_keeps_size_and_range():
+    generator = torch.Generator().manual_seed(3)
+    raw = torch.rand(1, 40, 60, generator=generator)
+    raw[0, ::2, ::2] = 1.0  # sharp checkerboard-ish values overshoot without the clamp
+    raw[0, 1::2, 1::2] = 0.0
+    for size in [(40, 60), (17, 23), (97, 131), (20, 120)]:
+        resized = resize_raw(raw, size)
+        assert resized.shape == size
+        assert float(resized.min()) >= 0.0 and float(resized.max()) <= 1.0
+    assert torch.equal(resize_raw(raw, (40, 60)), raw[0])
+    constant = resize_raw(torch.full((10, 10), 0.3), (23, 7))
+    assert torch.allclose(constant, torch.full((23, 7), 0.3), atol=1e-6)
+
+
+def test_resize_raw_antialiases_only_when_shrinking():
+    stripes = torch.zeros(16, 48)
+    stripes[:, ::2] = 1.0  # one-pixel stripes: shrinking 3x without antialias samples single 0 or 1 columns
+    shrunk = resize_raw(stripes, (16, 16))
+    assert torch.allclose(shrunk, torch.full((16, 16), 0.5), atol=0.06)
+    small = torch.rand(5, 6, generator=torch.Generator().manual_seed(5))
+    grown = resize_raw(small, (11, 13))
+    expected = torch.nn.functional.interpolate(small[None, None], size=(11, 13), mode="bilinear", align_corners=False)
+    assert torch.allclose(grown, expected[0, 0].clamp(0, 1), atol=1e-6)

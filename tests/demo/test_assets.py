@@ -12,7 +12,6 @@ import torch
 from diffusers import AutoencoderKL, SD3Transformer2DModel, StableDiffusion3Pipeline
 from transformers import CLIPTextModelWithProjection, CLIPTokenizer, T5EncoderModel, T5Tokenizer
 
-from dataset.synthetic import split_dir
 from demo import assets as demo_assets
 
 SMALL_COUNTS = {"train": 32, "validation/easy": 1, "validation/hard": 1, "test/easy": 6, "test/hard": 6}
@@ -122,7 +121,7 @@ def test_transformer_runs_on_vae_latents(
     assets: dict[str, Path], vae: AutoencoderKL, empty_prompt: tuple[torch.Tensor, torch.Tensor]
 ) -> None:
     transformer = SD3Transformer2DModel.from_pretrained(assets["model"], subfolder="transformer").eval()
-    images, _ = demo_assets.load_test_tensors(assets["data"], demo_assets.DEMO_RESOLUTION)
+    images, _ = demo_assets.load_split_tensors(assets["data"], "test", demo_assets.DEMO_RESOLUTION)
     prompt_embeds, pooled = empty_prompt
     batch = images[:2]
     with torch.no_grad():
@@ -141,7 +140,7 @@ def test_transformer_runs_on_vae_latents(
 def test_fitted_vae_reconstructs_masks_better_than_unfitted(
     assets: dict[str, Path], vae: AutoencoderKL, report: dict
 ) -> None:
-    _, test_masks = demo_assets.load_test_tensors(assets["data"], demo_assets.DEMO_RESOLUTION)
+    _, test_masks = demo_assets.load_split_tensors(assets["data"], "test", demo_assets.DEMO_RESOLUTION)
     fitted = demo_assets.mask_roundtrip_iou(vae, test_masks)["iou"]
     unfitted = demo_assets.mask_roundtrip_iou(demo_assets.build_tiny_vae(VAE_SEED), test_masks)["iou"]
     assert fitted > unfitted + 0.15, (fitted, unfitted)
@@ -151,9 +150,7 @@ def test_fitted_vae_reconstructs_masks_better_than_unfitted(
 
 
 def test_shift_and_scale_give_unit_variance_latents(assets: dict[str, Path], vae: AutoencoderKL) -> None:
-    images, masks = demo_assets.load_split_tensors(
-        split_dir(assets["data"], "train", None), demo_assets.DEMO_RESOLUTION
-    )
+    images, masks = demo_assets.load_split_tensors(assets["data"], "train", demo_assets.DEMO_RESOLUTION)
     modes = demo_assets.encode_modes(vae, torch.cat([images, masks]))
     assert modes.std() == pytest.approx(1 / vae.config.scaling_factor, rel=1e-3)  # not the default 1.5305 of SD3.5
     scaled = (modes - vae.config.shift_factor) * vae.config.scaling_factor

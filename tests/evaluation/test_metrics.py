@@ -13,13 +13,9 @@ from torchmetrics.classification import (
 )
 from torchmetrics.regression import MeanAbsoluteError, MeanSquaredError
 
-from dataset.transforms import resize_raw
 from evaluation.metrics import (
     METRIC_NAMES,
-    ImageScore,
-    ThresholdSweep,
     metrics_from_counts,
-    score_batch_tensor,
     score_image,
     summarize,
     summarize_subsets,
@@ -183,16 +179,9 @@ def test_error_sums_are_float64_exact():
     assert score.abs_err == pytest.approx(1e6 * float(np.float32(0.1)), rel=1e-12)
 
 
-def test_batch_rows_gather_and_rebuild(random_pair):
+def test_scores_survive_pickle(random_pair):
     raw, gt = random_pair
-    batch_raw = torch.stack([raw, 1 - raw])
-    batch_gt = torch.stack([gt, gt])
-    rows = score_batch_tensor(batch_raw, batch_gt, 0.5)
-    assert rows.shape == (2, 6) and rows.dtype == torch.float64
-    for i in range(2):
-        rebuilt = ImageScore.from_row(rows[i], stem=f"s{i}", subset="easy", height=37, width=53)
-        direct = score_image(batch_raw[i], batch_gt[i], 0.5, stem=f"s{i}", subset="easy")
-        assert rebuilt == direct
+    direct = score_image(raw, gt, 0.5, stem="s0", subset="easy")
     # Scores cross processes via gather_object (pickle).
     assert pickle.loads(pickle.dumps(direct)) == direct
 
@@ -202,31 +191,6 @@ def test_metrics_from_counts_rejects_inconsistent_counts():
         metrics_from_counts(1, 1, 1, 1, 0.0, 0.0, num_pixels=5)
 
 
-def test_resize_raw_keeps_size_and_range():
-    generator = torch.Generator().manual_seed(3)
-    raw = torch.rand(1, 40, 60, generator=generator)
-    raw[0, ::2, ::2] = 1.0  # sharp checkerboard-ish values overshoot without the clamp
-    raw[0, 1::2, 1::2] = 0.0
-    for size in [(40, 60), (17, 23), (97, 131), (20, 120)]:
-        resized = resize_raw(raw, size)
-        assert resized.shape == size
-        assert float(resized.min()) >= 0.0 and float(resized.max()) <= 1.0
-    assert torch.equal(resize_raw(raw, (40, 60)), raw[0])
-    constant = resize_raw(torch.full((10, 10), 0.3), (23, 7))
-    assert torch.allclose(constant, torch.full((23, 7), 0.3), atol=1e-6)
-
-
-def test_resize_raw_antialiases_only_when_shrinking():
-    stripes = torch.zeros(16, 48)
-    stripes[:, ::2] = 1.0  # one-pixel stripes: shrinking 3x without antialias samples single 0 or 1 columns
-    shrunk = resize_raw(stripes, (16, 16))
-    assert torch.allclose(shrunk, torch.full((16, 16), 0.5), atol=0.06)
-    small = torch.rand(5, 6, generator=torch.Generator().manual_seed(5))
-    grown = resize_raw(small, (11, 13))
-    expected = torch.nn.functional.interpolate(small[None, None], size=(11, 13), mode="bilinear", align_corners=False)
-    assert torch.allclose(grown, expected[0, 0].clamp(0, 1), atol=1e-6)
-
-
 def test_threshold_sweep_matches_score_image_at_every_threshold():
     generator = torch.Generator().manual_seed(4)
     images = []
@@ -234,18 +198,16 @@ def test_threshold_sweep_matches_score_image_at_every_threshold():
         raw = torch.rand(height, width, generator=generator)
         raw[0, :4] = torch.tensor([0.5, 127 / 255, 128 / 255, 0.3])  # values on and around thresholds
         images.append((raw, torch.rand(height, width, generator=generator) < 0.5))
-    sweep = ThresholdSweep()
-    for raw, gt in images:
-        sweep.update(raw, gt)
-    result = sweep.result()
+    # Per-image histograms (as gathered across ranks), pooled as val_inference.py pools them.
+    stack = torch.stack([sweep_histogram(raw, gt) for raw, gt in images])
+    result = threshold_sweep(stack.sum(dim=0))
     assert len(result.points) == 99
     assert 0.5 in [threshold for threshold, _ in result.points]
     for threshold, iou in result.points:
         pooled = summarize([score_image(raw, gt, threshold) for raw, gt in images])["dataset"]["iou"]
         assert iou == pooled, threshold
     assert result.best_iou == max(iou for _, iou in result.points)
-    # A stack of per-image histograms (as gathered across ranks) gives the same answer.
-    stack = torch.stack([sweep_histogram(raw, gt) for raw, gt in images])
+    # The stack itself gives the same answer.
     assert threshold_sweep(stack).points == result.points
 
 

@@ -4,10 +4,10 @@ import torch
 from PIL import Image
 
 from dataset.trans10k import Sample, Trans10kEval
-from dataset.transforms import STUFF_LEVEL, THINGS_LEVEL
+from dataset.transforms import STUFF_GREY, THINGS_GREY
 from evaluation.scoring import gt_binary_at, scoring_pair
 
-GREY_LEVELS = np.array([0, THINGS_LEVEL, STUFF_LEVEL], dtype=np.uint8)
+GREY_LEVELS = np.array([0, THINGS_GREY, STUFF_GREY], dtype=np.uint8)
 
 
 def random_classes(shape: tuple[int, int], seed: int = 0) -> np.ndarray:
