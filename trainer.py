@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import math
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -296,6 +297,28 @@ class TrainingRun:
     num_epochs: int
 
 
+class StopRequest:
+    """SIGTERM or SIGUSR1 (what clusters send before a job's time limit) or `max_train_time_minutes`: the loop then
+    finishes the optimizer step in flight, writes a checkpoint and exits 0, to be continued with
+    `--resume_from_checkpoint latest`."""
+
+    def __init__(self, max_minutes: float | None) -> None:
+        self.deadline = None if max_minutes is None else time.monotonic() + 60 * max_minutes
+        self.signal_name: str | None = None
+        for signum in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(signum, self._on_signal)
+
+    def _on_signal(self, signum: int, frame) -> None:
+        self.signal_name = signal.Signals(signum).name
+
+    def reason(self) -> str | None:
+        if self.signal_name:
+            return self.signal_name
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            return "max_train_time_minutes"
+        return None
+
+
 def set_up(args: argparse.Namespace) -> Accelerator:
     """Accelerator, logging and seed; stop at once if the launch is not what was asked; tidy a killed save."""
     accelerator = build_accelerator(args)
@@ -414,8 +437,9 @@ def resume(args: argparse.Namespace, accelerator: Accelerator, run: TrainingRun)
 
 
 def train(args: argparse.Namespace, accelerator: Accelerator, run: TrainingRun, start: tuple[int, int, int]):
-    """The training loop; returns (optimizer steps done, last validation metrics)."""
+    """The training loop; returns (optimizer steps done, last validation metrics, why it stopped early or None)."""
     global_step, first_epoch, skip_batches = start
+    stop = StopRequest(args.max_train_time_minutes)
     transformer, optimizer, lr_scheduler = run.transformer, run.optimizer, run.lr_scheduler
     loss_fn = LOSSES[args.loss]
     total_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
@@ -442,8 +466,11 @@ def train(args: argparse.Namespace, accelerator: Accelerator, run: TrainingRun, 
                 window_loss, window_batches = window_loss + loss.detach(), window_batches + 1
                 if accelerator.sync_gradients:
                     # One host sync per optimizer step, before it (DeepSpeed steps inside backward): the mean loss
-                    # of the accumulation window over all ranks, and the LR this step uses.
-                    mean_loss = accelerator.gather(window_loss).mean().item() / window_batches
+                    # of the accumulation window over all ranks, whether any rank was asked to stop, the LR.
+                    stop_flag = torch.tensor(float(stop.reason() is not None), device=accelerator.device)
+                    gathered = accelerator.gather(torch.stack([window_loss, stop_flag])).view(-1, 2).tolist()
+                    mean_loss = sum(row[0] for row in gathered) / len(gathered) / window_batches
+                    stop_now = any(row[1] > 0 for row in gathered)
                     step_lr = optimizer.param_groups[0]["lr"]
                     if not math.isfinite(mean_loss):  # stop before the bad gradient reaches the weights
                         raise FloatingPointError(
@@ -479,7 +506,8 @@ def train(args: argparse.Namespace, accelerator: Accelerator, run: TrainingRun, 
             progress.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{step_lr:.2e}")
             window_loss, window_batches = torch.zeros((), device=accelerator.device), 0
 
-            if global_step % args.checkpointing_steps == 0 or global_step == run.max_train_steps:
+            checkpoint_due = global_step % args.checkpointing_steps == 0 or global_step == run.max_train_steps
+            if checkpoint_due or stop_now:
                 path = save_checkpoint(
                     accelerator.save_state,
                     args.output_dir,
@@ -490,6 +518,8 @@ def train(args: argparse.Namespace, accelerator: Accelerator, run: TrainingRun, 
                     accelerator.wait_for_everyone,
                 )
                 logger.info(f"saved {path}")
+            if stop_now and global_step < run.max_train_steps:
+                return global_step, last_metrics, stop.reason() or "a stop request on another rank"
             if run.val_loader is not None and (
                 global_step % args.validation_steps == 0 or global_step == run.max_train_steps
             ):
@@ -499,8 +529,8 @@ def train(args: argparse.Namespace, accelerator: Accelerator, run: TrainingRun, 
                 logger.info(f"step {global_step}: " + ", ".join(f"{k} {v:.4f}" for k, v in last_metrics.items()))
             window_start, window_samples = time.perf_counter(), 0  # throughput excludes checkpoints and validation
             if global_step >= run.max_train_steps:
-                return global_step, last_metrics
-    return global_step, last_metrics
+                return global_step, last_metrics, None
+    return global_step, last_metrics, None
 
 
 def finish(args: argparse.Namespace, accelerator: Accelerator, run: TrainingRun, steps: int, metrics: dict) -> None:
@@ -516,7 +546,8 @@ def finish(args: argparse.Namespace, accelerator: Accelerator, run: TrainingRun,
         write_model_card(args, Path(args.output_dir), steps, metrics)
         summary = {"steps": steps, "final_validation": metrics, "rank_weight_checksums": rank_checksums}
         atomic_write_json(Path(args.output_dir) / "train_summary.json", summary)
-        logger.info(f"saved {Path(args.output_dir) / 'transformer'}; final validation: {metrics}")
+        saved = LORA_DIR if args.train_mode == "lora" else "transformer"
+        logger.info(f"saved {Path(args.output_dir) / saved}; final validation: {metrics}")
     accelerator.end_training()
 
 
@@ -525,7 +556,14 @@ def main() -> None:
     accelerator = set_up(args)
     run = build(args, accelerator)
     start = resume(args, accelerator, run)
-    steps, metrics = train(args, accelerator, run, start)
+    steps, metrics, stopped_by = train(args, accelerator, run, start)
+    if stopped_by:
+        logger.info(
+            f"stopped at step {steps} of {run.max_train_steps} ({stopped_by}) after writing checkpoint-{steps}; "
+            "continue with --resume_from_checkpoint latest"
+        )
+        accelerator.end_training()
+        return
     finish(args, accelerator, run, steps, metrics)
 
 

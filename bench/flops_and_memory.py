@@ -3,6 +3,7 @@
     python -m bench.flops_and_memory                 # everything: 6-15 min per memory row on a 2-core CPU
     python -m bench.flops_and_memory --parts flops   # FLOP counts only (~15 s)
     python -m bench.flops_and_memory --parts memory --gradient_checkpointing off
+    python -m bench.flops_and_memory --parts memory --train_mode lora   # LoRA: frozen bf16 base, fp32 adapters
 
 FLOPs: torch's FlopCounterMode counts the real architecture (random init, built on the meta device: no memory, no
 compute): transformer forward + backward for one sample, VAE encode of one image, VAE decode of one latent. Attention
@@ -13,8 +14,11 @@ Memory: the training step as trainer.py runs it (frozen bf16 VAE encodes image a
 forward under bf16 autocast with fp32 master weights, latent MSE, backward, gradient clipping, fused AdamW, zero_grad)
 for two steps under FakeTensorMode, with torch.distributed._tools.mem_tracker.MemTracker attributing every tensor to
 weights / gradients / optimizer states / activations. Fake tensors carry shapes and dtypes only, so this estimates what
-a GPU would hold (tensor memory; no allocator fragmentation, CUDA context or library workspaces). Other memory options
-(8-bit optimizer states, ZeRO-2 with optimizer offload) are derived from that breakdown and labelled as estimates.
+a GPU would hold (tensor memory; no allocator fragmentation, CUDA context or library workspaces). With
+`--train_mode lora` the step is trainer.py's LoRA step instead: the base transformer frozen in bf16, adapters
+(models.lora.add_lora: `--lora_rank`, alpha = rank, config.yaml's `lora_target_modules`) in fp32, fused AdamW states
+for the adapters only. Other memory options (8-bit optimizer states, ZeRO-2 with optimizer offload) are derived from
+that breakdown and labelled as estimates.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import argparse
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from unittest import mock
 
 import torch
 from diffusers import AutoencoderKL, SD3Transformer2DModel
@@ -44,8 +49,10 @@ from bench.common import (
     vae_flops,
 )
 from demo.assets import SD35_MEDIUM_TRANSFORMER_CONFIG, SD35_MEDIUM_VAE_CONFIG
+from models.lora import add_lora
 from models.losses import LOSSES
 from models.segmenter import MaskPredictor, encode_latents
+from utils.config import read_specs
 from utils.measure import count_parameters
 from utils.tables import markdown_table
 
@@ -72,6 +79,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--gradient_checkpointing", nargs="+", choices=("off", "on"), default=["off", "on"], help="memory rows"
     )
     parser.add_argument("--num_gpus", type=int, default=4, help="data-parallel ranks for the ZeRO-2 estimate")
+    parser.add_argument(
+        "--train_mode", choices=("full", "lora"), default="full", help="lora: frozen bf16 base + fp32 adapters"
+    )
+    parser.add_argument("--lora_rank", type=int, default=32, help="train_mode lora: adapter rank (lora_alpha = rank)")
     return parser.parse_args(argv)
 
 
@@ -166,6 +177,11 @@ def print_six_nt(config: dict, image_tokens: int, text_tokens: int, counted: int
 # Memory
 
 
+class _NoHandle:
+    def remove(self) -> None:
+        pass
+
+
 class StepMemTracker(MemTracker):
     """MemTracker that tolerates the per-call `reset_mod_stats()` this training step needs.
 
@@ -173,6 +189,14 @@ class StepMemTracker(MemTracker):
     transformer once per step); after a reset, its backward hooks can still fire for the frozen VAE's modules (which
     did no backward work: encode_latents runs under no_grad), and those hooks must then be skipped.
     """
+
+    def _track_module_params_and_buffers(self, module, install_grad_hooks: bool = True) -> tuple[int, int]:
+        # A frozen parameter (LoRA's base weights) cannot take a gradient hook, and gets no gradient: mark it as
+        # hooked already so that MemTracker installs none.
+        for param in module.parameters():
+            if not param.requires_grad and self._param_to_grad_hook_handles.get(param) is None:
+                self._param_to_grad_hook_handles[param] = (_NoHandle(), _NoHandle())
+        return super()._track_module_params_and_buffers(module, install_grad_hooks)
 
     def _pre_bw_hook(self, module, args) -> None:
         if module is not None and module in self.memory_tracking:
@@ -205,7 +229,7 @@ def breakdown(snapshot: dict) -> dict[str, int]:
 @dataclass
 class MemoryRun:
     gradient_checkpointing: bool
-    transformer_params: int
+    transformer_params: int  # trainable: every parameter (full), the adapters' (lora)
     peak: dict[str, int]  # by kind, at the moment of the overall peak
     moments: dict[str, dict[str, int]]  # by kind: overall peak and the transformer's forward / backward peaks
     autocast_copy_bytes: int
@@ -214,18 +238,25 @@ class MemoryRun:
 
 def track_training_memory(args: argparse.Namespace, gradient_checkpointing: bool) -> MemoryRun:
     """Run `args.steps` full-size training steps on fake tensors under MemTracker."""
-    label = f"[memory, gradient checkpointing {'on' if gradient_checkpointing else 'off'}]"
+    lora = args.train_mode == "lora"
+    label = f"[memory{', LoRA' if lora else ''}, gradient checkpointing {'on' if gradient_checkpointing else 'off'}]"
     started = time.perf_counter()
     side = args.resolution
     with FakeTensorMode(allow_non_fake_inputs=True):
-        transformer = SD3Transformer2DModel(**SD35_MEDIUM_TRANSFORMER_CONFIG).train()  # fp32 master weights
+        # full: fp32 master weights. lora: as trainer.py, the frozen base in the compute precision (built in bf16:
+        # FakeTensorMode cannot swap parameters in .to()) and fp32 adapters.
+        with default_dtype(torch.bfloat16 if lora else torch.float32):
+            transformer = SD3Transformer2DModel(**SD35_MEDIUM_TRANSFORMER_CONFIG).train()
+        if lora:
+            add_fake_lora(transformer, args)
         if gradient_checkpointing:
             transformer.enable_gradient_checkpointing()
         with default_dtype(torch.bfloat16):
             # requires_grad stays on: MemTracker hooks every parameter of a called module. encode_latents runs the
             # VAE under no_grad, so it never gets gradients.
             vae = AutoencoderKL(**SD35_MEDIUM_VAE_CONFIG).eval()
-        optimizer = torch.optim.AdamW(transformer.parameters(), lr=1e-5, fused=True)  # trainer.py's choice on CUDA
+        trainable = [p for p in transformer.parameters() if p.requires_grad]  # trainer.py's build_optimizer
+        optimizer = torch.optim.AdamW(trainable, lr=1e-5, fused=True)  # trainer.py's choice on CUDA
         prompt = torch.randn(1, TEXT_TOKENS, SD35_MEDIUM_TRANSFORMER_CONFIG["joint_attention_dim"])
         pooled = torch.randn(1, SD35_MEDIUM_TRANSFORMER_CONFIG["pooled_projection_dim"])
         predictor = MaskPredictor(vae, transformer, prompt, pooled, timestep=FIXED_TIMESTEP)
@@ -269,15 +300,36 @@ def track_training_memory(args: argparse.Namespace, gradient_checkpointing: bool
             snapshots = [s for key, value in stats.items() if key.value == state for s in value]
             if snapshots:
                 moments[state_name] = max((breakdown(s) for s in snapshots), key=lambda b: b["total"])
-        params, copies = count_parameters(transformer), autocast_copy_bytes(transformer)
+        params, copies = sum(p.numel() for p in trainable), autocast_copy_bytes(transformer)
     seconds = time.perf_counter() - started
     return MemoryRun(gradient_checkpointing, params, moments["overall peak"], moments, copies, seconds)
 
 
+def add_fake_lora(transformer: torch.nn.Module, args: argparse.Namespace) -> None:
+    """models.lora.add_lora on fake tensors. peft moves each new adapter to its base layer's device and dtype with
+    `Module.to()`, which FakeTensorMode cannot do (it swaps parameters); everything is already on the one (fake CPU)
+    device and the adapters are created in fp32, where add_lora puts them anyway, so `.to()` is skipped meanwhile."""
+    with mock.patch.object(torch.nn.Module, "to", lambda self, *a, **k: self):
+        add_lora(transformer, lora_args(args))
+
+
+def lora_args(args: argparse.Namespace) -> argparse.Namespace:
+    """The LoRA keys add_lora reads: config.yaml's defaults, rank from the command line, alpha = rank."""
+    specs = read_specs()
+    return argparse.Namespace(
+        lora_rank=args.lora_rank,
+        lora_alpha=args.lora_rank,
+        lora_dropout=specs["lora_dropout"].default,
+        lora_target_modules=specs["lora_target_modules"].default,
+    )
+
+
 def autocast_copy_bytes(model: torch.nn.Module) -> int:
-    """Bytes of the bf16 copies bf16 autocast makes of the weights of linear and conv layers (fp32 master weights)."""
+    """Bytes of the bf16 copies bf16 autocast makes of the fp32 weights of linear and conv layers (fp32 master
+    weights; bf16 weights, e.g. LoRA's frozen base, need no copy)."""
     layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear | torch.nn.Conv2d)]
-    return 2 * sum(p.numel() for layer in layers for p in layer.parameters(recurse=False))
+    params = (p for layer in layers for p in layer.parameters(recurse=False))
+    return 2 * sum(p.numel() for p in params if p.dtype == torch.float32)
 
 
 def option_estimates(run: MemoryRun, num_gpus: int) -> dict[str, tuple[int, int]]:
@@ -313,13 +365,21 @@ def memory_report(args: argparse.Namespace) -> None:
         runs.append(track_training_memory(args, setting == "on"))
         print(f"(gradient checkpointing {setting}: tracked in {runs[-1].seconds:.0f} s)", flush=True)
     print_tracked_table(args, runs)
-    print_options_table(args, runs)
+    if args.train_mode == "full":  # the options below rework fp32 master weights and full-size optimizer states
+        print_options_table(args, runs)
 
 
 def print_tracked_table(args: argparse.Namespace, runs: Sequence[MemoryRun]) -> None:
+    if args.train_mode == "lora":
+        setting = (
+            f"LoRA rank {args.lora_rank} ({runs[0].transformer_params:,} trainable parameters), frozen bf16 base, "
+            "fp32 adapters, fused fp32 AdamW on the adapters"
+        )
+    else:
+        setting = "fp32 master weights, fused fp32 AdamW"
     print(
         f"\nTracked memory of the full-size training step, {args.resolution} px, batch {args.batch_size}: bf16 "
-        "autocast, fp32 master weights, fused fp32 AdamW, step 2 (FakeTensor + MemTracker estimate, GiB)\n"
+        f"autocast, {setting}, step 2 (FakeTensor + MemTracker estimate, GiB)\n"
     )
     kinds = ("weights", "buffers", "gradients", "optimizer states", "activations")
     rows = []
@@ -328,10 +388,11 @@ def print_tracked_table(args: argparse.Namespace, runs: Sequence[MemoryRun]) -> 
             checkpointing = "on" if run.gradient_checkpointing else "off"
             rows.append((checkpointing, moment, gib(values["total"]), *(gib(values[k]) for k in kinds)))
     print(markdown_table(("grad ckpt", "moment", "total", *kinds), rows))
+    weights = "bf16 base transformer + fp32 adapters" if args.train_mode == "lora" else "fp32 transformer"
     print(
-        "\nweights: fp32 transformer + bf16 VAE; buffers: the transformer's fp32 positional-embedding table "
-        "(pos_embed_max_size 384); activations: saved activations, temporaries and autocast's bf16 weight copies "
-        f"({gib(runs[0].autocast_copy_bytes)} GiB when all alive)."
+        f"\nweights: {weights} + bf16 VAE; buffers: the transformer's positional-embedding table "
+        "(pos_embed_max_size 384, in the weights' dtype); activations: saved activations, temporaries and "
+        f"autocast's bf16 weight copies ({gib(runs[0].autocast_copy_bytes)} GiB when all alive)."
     )
 
 

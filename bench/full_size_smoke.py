@@ -325,7 +325,8 @@ def run_step(
             *lines, tail = re.split(rb"[\r\n]", pending + chunk)
             # A line is timed by the arrival of its first byte. tqdm writes "\r<status>" with no line end, so a status
             # is complete on arrival and the tail is matched too: not only once the next write ends it.
-            timed = list(zip(lines, [pending_at] + [now] * (len(lines) - 1), strict=True))
+            # A chunk without a line end completes no line (lines is empty).
+            timed = list(zip(lines, ([pending_at] + [now] * (len(lines) - 1))[: len(lines)], strict=True))
             pending, pending_at = tail, (now if lines else pending_at)
             for raw, at in [*timed, (pending, pending_at)]:
                 match = pattern.search(raw.decode("utf-8", errors="replace")) if pattern else None
@@ -369,6 +370,169 @@ state = sum(t.numel() * t.element_size() for t in model.state_dict().values())
 print("SMOKE_LOAD " + json.dumps({"seconds": seconds, "parameters": parameters, "state_bytes": state,
       "dtype": str(next(model.parameters()).dtype), **status}), flush=True)
 """
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# LoRA training (--train_lora)
+
+
+def ensure_train_data(workdir: Path, num_images: int, width: int, height: int, seed: int) -> Path:
+    """A flat Trans10k train split of synthetic scenes (the helpers ensure_data uses), in its own folder."""
+    from dataset.synthetic import EASY, HARD, make_split_dir, write_scene
+    from demo.assets import building, is_complete
+
+    data_dir = workdir / "trans10k_train"
+    params = {"train": num_images, "size": [width, height], "seed": seed, "scene_rng": "seed, 2, number"}
+    if is_complete(data_dir, params):
+        return data_dir
+    with building(data_dir, params) as temp_dir:
+        folder = make_split_dir(temp_dir, "train", None)
+        for number in range(num_images):
+            rng = np.random.default_rng([seed, 2, number])
+            difficulty = EASY if number % 2 == 0 else HARD
+            write_scene(folder, f"{number:04d}", rng, difficulty, size=image_size(number, width, height), quality=90)
+    return data_dir
+
+
+LORA_CHECK_SNIPPET = """\
+import json, sys
+from pathlib import Path
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+from models.loading import load_base_transformer
+from models.lora import LORA_DIR, LORA_WEIGHTS, load_lora_transformer
+model_dir, run_dir = Path(sys.argv[1]), Path(sys.argv[2])
+adapter = load_file(str(run_dir / LORA_DIR / LORA_WEIGHTS))
+non_lora = [k for k in adapter if "lora_A" not in k and "lora_B" not in k]
+b_keys = [k for k in adapter if "lora_B" in k]
+b_zero = [k for k in b_keys if not bool(adapter[k].abs().max() > 0)]
+b_max = max(float(adapter[k].abs().max()) for k in b_keys)
+finite = all(bool(torch.isfinite(t).all()) for t in adapter.values())
+model = load_lora_transformer(load_base_transformer(str(model_dir), None, None), run_dir / LORA_DIR, merge=False)
+names = ["transformer_blocks.0.attn.to_q", "transformer_blocks.12.ff.net.2", "transformer_blocks.23.attn.add_k_proj"]
+modules = dict(model.named_modules())
+equal = {}
+with safe_open(str(model_dir / "transformer" / "diffusion_pytorch_model.safetensors"), "pt") as base:
+    for name in names:
+        layer = modules[name].base_layer
+        for kind in ("weight", "bias"):
+            stored = base.get_tensor(f"{name}.{kind}").to(torch.float32)
+            equal[f"{name}.{kind}"] = bool(torch.equal(getattr(layer, kind).detach(), stored))
+trainable = sum(t.numel() for t in adapter.values())
+print("SMOKE_LORA " + json.dumps({"adapter_tensors": len(adapter), "adapter_values": trainable,
+      "non_lora_keys": non_lora[:3], "lora_B": len(b_keys), "lora_B_zero": b_zero, "lora_B_max_abs": b_max,
+      "finite": finite, "base_layer_equal": equal}), flush=True)
+"""
+
+
+def lora_training_smoke(
+    args: argparse.Namespace, workdir: Path, model_dir: Path, out: Path, photos: list[Path], env: dict
+) -> list[StepResult]:
+    """trainer.py --train_mode lora for args.train_steps steps on the full-size folder, then: finite losses, the run
+    wrote the adapter only, lora_B moved off zero, the base layers of base + adapter (unmerged) equal the base file,
+    and predict.py runs the saved run on one image."""
+    width, height = (int(part) for part in args.image_size.lower().split("x"))
+    train_dir = ensure_train_data(workdir, args.train_images, width, height, args.seed)
+    run_dir, logs, python = out / "train_lora", out / "logs", sys.executable
+    launcher = Path(python).parent / "accelerate"
+    accelerate = [str(launcher)] if launcher.exists() else [python, "-m", "accelerate.commands.launch"]
+    config = REPO_ROOT / "configs" / "accelerate" / ("cpu_1proc.yaml" if args.device == "cpu" else "single_gpu.yaml")
+    base_file = model_dir / "transformer" / "diffusion_pytorch_model.safetensors"
+    base_stat = base_file.stat()
+    train_command = [
+        *accelerate, "launch", "--config_file", str(config), str(REPO_ROOT / "trainer.py"),
+        "--pretrained_model_name_or_path", str(model_dir), "--dataset_path", str(train_dir),
+        "--output_dir", str(run_dir), "--cache_dir", str(out / "cache"),
+        "--train_mode", "lora", "--lora_rank", str(args.lora_rank), "--lora_alpha", str(args.lora_rank),
+        "--resolution", str(args.train_resolution), "--train_batch_size", "1", "--gradient_accumulation_steps", "1",
+        "--max_train_steps", str(args.train_steps), "--mixed_precision", args.mixed_precision,
+        "--validation_steps", "0", "--dataloader_num_workers", "0", "--report_to", "none",
+        "--checkpointing_steps", str(args.train_steps),
+    ]  # fmt: skip
+    steps = [run_step("trainer.py --train_mode lora", train_command, env, logs / "train_lora.log", args.train_steps,
+                      "steps")]  # fmt: skip
+    train = steps[0]
+    text = train.log_path.read_text() if train.log_path.exists() else ""
+    losses = [float(v) for v in re.findall(r"loss=([-+0-9.einfa]+)", text)]
+    train.notes += [] if losses and all(math.isfinite(v) for v in losses) else [f"losses not all finite: {losses}"]
+    print(f"  losses shown by tqdm: {sorted(set(losses))}", flush=True)
+    summary = run_dir / "train_summary.json"
+    if not summary.exists() or json.loads(summary.read_text()).get("steps") != args.train_steps:
+        train.notes.append(f"{summary}: missing or not {args.train_steps} steps")
+    if (run_dir / "transformer").exists():
+        train.notes.append(f"{run_dir / 'transformer'} exists: a LoRA run should write transformer_lora/ only")
+    if not (run_dir / "transformer_lora" / "pytorch_lora_weights.safetensors").exists():
+        train.notes.append("no transformer_lora/pytorch_lora_weights.safetensors")
+    after = base_file.stat()
+    if (after.st_size, after.st_mtime_ns) != (base_stat.st_size, base_stat.st_mtime_ns):
+        train.notes.append(f"{base_file} changed during training")
+    if train.returncode != 0 or train.notes:
+        return steps
+
+    check = run_step(
+        "check: adapter + base layers", [python, "-c", LORA_CHECK_SNIPPET, str(model_dir), str(run_dir)], env,
+        logs / "lora_check.log", 0, None,
+    )  # fmt: skip
+    steps.append(check)
+    found = re.search(r"SMOKE_LORA (\{.*\})", check.log_path.read_text())
+    if found is None:
+        check.notes.append("no SMOKE_LORA line")
+    else:
+        result = json.loads(found.group(1))
+        check.notes += [] if not result["non_lora_keys"] else [f"non-adapter keys saved: {result['non_lora_keys']}"]
+        # The last block is context_pre_only: its text-token outputs are dropped, so the text queries' adapter
+        # (add_q_proj) gets no gradient and its lora_B stays zero. Every other lora_B must move.
+        last = SD35_MEDIUM_TRANSFORMER_CONFIG["num_layers"] - 1
+        unmoved = set(result["lora_B_zero"]) - {f"transformer.transformer_blocks.{last}.attn.add_q_proj.lora_B.weight"}
+        check.notes += [f"lora_B still zero: {sorted(unmoved)[:3]}"] if unmoved else []
+        check.notes += [] if result["finite"] else ["non-finite adapter values"]
+        check.notes += [f"base layer differs: {k}" for k, v in result["base_layer_equal"].items() if not v]
+        check.extra = result
+
+    photo_dir = out / "photos_one"
+    photo_dir.mkdir(exist_ok=True)
+    for photo in photos:
+        shutil.copyfile(photo, photo_dir / photo.name)
+    predict_command = [
+        python, str(REPO_ROOT / "predict.py"), "--pretrained_model_name_or_path", str(model_dir),
+        "--transformer_path", str(run_dir), "--resolution", str(args.train_resolution),
+        "--mixed_precision", args.mixed_precision, "--eval_batch_size", "1", "--dataloader_num_workers", "0",
+        "--cache_dir", str(out / "cache"), "--input", str(photo_dir), "--output", str(out / "predict_lora"),
+    ]  # fmt: skip
+    steps.append(run_step("predict.py (LoRA run)", predict_command, env, logs / "predict_lora.log", len(photos),
+                          "predict"))  # fmt: skip
+    steps[-1].notes += check_outputs_predict(out / "predict_lora", [photo_dir / p.name for p in photos])
+    for step in steps:
+        if step.returncode != 0:
+            step.notes.append(f"exit code {step.returncode}; see {step.log_path}")
+    return steps
+
+
+def print_lora_report(args, steps, started_at, load_before, load_after) -> None:
+    from bench.common import machine_description
+
+    print(f"\n# Full-size LoRA training smoke ({started_at}; {machine_description(torch.device('cpu'))})\n")
+    print(
+        f"trainer.py --train_mode lora, rank {args.lora_rank}, {args.train_steps} steps, batch 1, "
+        f"{args.train_resolution} px, mixed_precision {args.mixed_precision}; load average {load_before[0]:.2f} "
+        f"at the start, {load_after[0]:.2f} at the end\n"
+    )
+    rows = []
+    for step in steps:
+        per = step.per_image_all_s
+        steady = step.per_image_steady_s
+        rows.append(
+            (
+                step.name, fmt(step.wall_s, ".1f"), fmt(step.startup_s, ".1f"), fmt(per, ".1f"), fmt(steady, ".1f"),
+                f"{step.peak_rss_gib:.2f}", f"{step.peak_anon_gib:.2f}", "; ".join(step.notes) or "ok",
+            )
+        )  # fmt: skip
+    headers = ("step", "wall (s)", "start-up (s)", "s/step or image, all", "s/step, 2..N", "peak RSS (GiB)",
+               "peak RssAnon, tree (GiB)", "checks")  # fmt: skip
+    print(markdown_table(headers, rows))
+    if len(steps) > 1 and getattr(steps[1], "extra", None):
+        print(f"\nadapter check: {json.dumps(steps[1].extra)}")
 
 
 def check_outputs_val(eval_dir: Path, data_dir: Path, cache_dir: Path) -> list[str]:
@@ -573,6 +737,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--count_only", action="store_true", help="only print the host-RAM count")
     parser.add_argument("--rebuild", action="store_true", help="rebuild the cached model folder")
     parser.add_argument("--clean", action="store_true", help="delete the cached model folder at the end")
+    parser.add_argument(
+        "--train_lora",
+        action="store_true",
+        help="instead of the inference steps: trainer.py --train_mode lora for a few steps, checks, predict.py",
+    )
+    parser.add_argument("--train_steps", type=int, default=3, help="--train_lora: optimizer steps (batch 1)")
+    parser.add_argument("--train_resolution", type=int, default=128, help="--train_lora: training side in px")
+    parser.add_argument("--train_images", type=int, default=4, help="--train_lora: synthetic train pairs")
+    parser.add_argument("--lora_rank", type=int, default=32, help="--train_lora: adapter rank (alpha = rank)")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA GPU on this machine")
@@ -634,6 +807,12 @@ def main(argv: list[str] | None = None) -> None:
         )
 
     env = child_env(args.device)
+    if args.train_lora:
+        steps = lora_training_smoke(args, workdir, model_dir, out, photos[:1], env)
+        print_lora_report(args, steps, started_at, load_before, os.getloadavg())
+        if any(step.notes for step in steps):
+            raise SystemExit(1)
+        return
     python = sys.executable
     launcher = Path(python).parent / "accelerate"  # the venv's `accelerate` command, as a user types it
     accelerate = [str(launcher)] if launcher.exists() else [python, "-m", "accelerate.commands.launch"]

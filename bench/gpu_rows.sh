@@ -38,6 +38,10 @@ step train_cache python3 -m bench.train_throughput --preset "$PRESET" --batch_si
     --compile off --cache_latents on off
 step train_compile python3 -m bench.train_throughput --preset "$PRESET" --batch_sizes 1 --gradient_checkpointing off \
     --compile on --cache_latents on
+# LoRA (trainer.py --train_mode lora: frozen bf16 base, fp32 rank-32 adapters), batch 1, checkpointing off/on: step
+# time and peak memory against the 16 GB target (two rows, ~1 min with the model builds).
+step train_lora python3 -m bench.train_throughput --preset "$PRESET" --train_mode lora --lora_rank 32 --batch_sizes 1 \
+    --gradient_checkpointing off on --compile off --cache_latents on
 # ZeRO-2 + CPU optimizer offload (DeepSpeedCPUAdam; its op compiles on first use, ~1 min): peak per process.
 step zero2_offload python3 -m bench.zero2_offload_memory --preset "$PRESET" --batch_sizes 1 \
     --gradient_checkpointing off on

@@ -3,9 +3,14 @@
     python -m bench.train_throughput --preset demo --num_threads 1 # tiny demo model at 64 px (~9 min on 2 CPU cores)
     python -m bench.train_throughput --preset sd35-medium          # full size, 1024 px, bf16 autocast: CUDA only
     python -m bench.train_throughput --preset demo --batch_sizes 16 --compile off --cache_latents on off
+    python -m bench.train_throughput --preset demo --batch_sizes 16 --compile off --cache_latents on \
+        --train_mode full lora                                    # LoRA beside full fine-tuning
 
-One row = one setting of batch size x gradient checkpointing x torch.compile x cached latents, each with a freshly
-built model (random init from the preset's config) and AdamW. The step is trainer.py's: image and mask latents (from
+One row = one setting of training mode x batch size x gradient checkpointing x torch.compile x cached latents, each
+with a freshly built model (random init from the preset's config) and AdamW. Training mode lora is trainer.py's
+`--train_mode lora`: the base transformer frozen in the preset's frozen dtype (bf16 for sd35-medium), adapters from
+models.lora.add_lora (`--lora_rank`, alpha = rank, config.yaml's `lora_target_modules`) in fp32, AdamW on the
+adapters only. The step is trainer.py's: image and mask latents (from
 the frozen VAE, or precomputed when --cache_latents on), transformer forward under autocast (bf16 for sd35-medium,
 fp32 for demo, as configs/demo.yaml), latent MSE, loss.item() (the trainer's finiteness check syncs too), backward,
 gradient clipping, AdamW step, zero_grad. Inputs already sit on the device: data loading is measured by
@@ -23,7 +28,7 @@ import argparse
 import gc
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -42,8 +47,10 @@ from bench.common import (
     time_calls,
     transformer_train_flops,
 )
+from models.lora import add_lora
 from models.losses import LOSSES
 from models.segmenter import encode_latents
+from utils.config import read_specs
 from utils.measure import peak_memory_gib, reset_peak_memory
 from utils.tables import markdown_table
 
@@ -68,6 +75,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=["on", "off"],
         help="on: the step starts from precomputed latents; off: the step runs the VAE encoder as trainer.py does",
     )
+    parser.add_argument(
+        "--train_mode",
+        nargs="+",
+        choices=("full", "lora"),
+        default=["full"],
+        help="full: every weight trains (fp32 master); lora: frozen base + fp32 adapters, as trainer.py",
+    )
+    parser.add_argument("--lora_rank", type=int, default=32, help="train_mode lora: adapter rank (alpha = rank)")
     parser.add_argument("--warmup_steps", type=int, default=3, help="untimed steps per row (compile happens here)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per row")
     parser.add_argument("--peak_tflops", type=float, default=None, help="for MFU; default 989 on CUDA, n/a on CPU")
@@ -81,10 +96,12 @@ class Setting:
     gradient_checkpointing: bool
     compile: bool
     cache_latents: bool
+    lora: bool = False
 
     def cells(self) -> list[str]:
         on_off = {True: "on", False: "off"}
         return [
+            "lora" if self.lora else "full",
             str(self.batch_size),
             on_off[self.gradient_checkpointing],
             on_off[self.compile],
@@ -108,7 +125,8 @@ class Result:
 def grid(args: argparse.Namespace) -> list[Setting]:
     batch_sizes = args.batch_sizes or DEFAULT_BATCH_SIZES[args.preset]
     return [
-        Setting(batch, checkpointing == "on", compiled == "on", cached == "on")
+        Setting(batch, checkpointing == "on", compiled == "on", cached == "on", mode == "lora")
+        for mode in args.train_mode
         for compiled in args.compile
         for batch in batch_sizes
         for checkpointing in args.gradient_checkpointing
@@ -117,13 +135,23 @@ def grid(args: argparse.Namespace) -> list[Setting]:
 
 
 def make_train_step(
-    preset: Preset, setting: Setting, device: torch.device, max_grad_norm: float
+    preset: Preset, setting: Setting, device: torch.device, max_grad_norm: float, lora_rank: int = 32
 ) -> Callable[[], float]:
     """Build models, optimizer and a batch on `device`; return a function that runs one training step."""
     transformer = build_train_transformer(preset, device, setting.gradient_checkpointing)
+    if setting.lora:  # as trainer.py: the frozen base in the compute precision, fp32 adapters
+        specs = read_specs()
+        lora = argparse.Namespace(
+            lora_rank=lora_rank,
+            lora_alpha=lora_rank,
+            lora_dropout=specs["lora_dropout"].default,
+            lora_target_modules=specs["lora_target_modules"].default,
+        )
+        add_lora(transformer if preset.frozen_dtype == torch.float32 else transformer.to(preset.frozen_dtype), lora)
     vae = build_vae(preset.vae_config, device, preset.frozen_dtype)
     predictor = mask_predictor(preset, vae, torch.compile(transformer) if setting.compile else transformer, device)
-    optimizer = torch.optim.AdamW(transformer.parameters(), lr=1e-5, fused=device.type == "cuda")
+    trainable = [p for p in transformer.parameters() if p.requires_grad]  # trainer.py's build_optimizer
+    optimizer = torch.optim.AdamW(trainable, lr=1e-5, fused=device.type == "cuda")
     generator = torch.Generator().manual_seed(0)
     shape = (setting.batch_size, 3, preset.resolution, preset.resolution)
     pixels = (torch.rand(shape, generator=generator) * 2 - 1).to(device)
@@ -163,7 +191,7 @@ def measure(preset: Preset, setting: Setting, device: torch.device, args: argpar
     """Time one row; an out-of-memory row or a failing torch.compile is reported as skipped, with the reason."""
     result = Result(setting)
     try:
-        step = make_train_step(preset, setting, device, args.max_grad_norm)
+        step = make_train_step(preset, setting, device, args.max_grad_norm, args.lora_rank)
         reset_peak_memory(device)
         times = time_calls(step, args.warmup_steps, args.steps, device)
     except torch.cuda.OutOfMemoryError:
@@ -197,6 +225,7 @@ def peak_flops(args: argparse.Namespace, device: torch.device) -> float | None:
 
 def results_table(results: Sequence[Result], flops_per_sample: int, peak: float | None, device: torch.device) -> str:
     headers = (
+        "mode",
         "batch",
         "grad ckpt",
         "compile",
@@ -234,13 +263,13 @@ def caching_speedups(results: Sequence[Result]) -> str | None:
     by_setting = {r.setting: r for r in results if r.samples_per_s is not None}
     rows = []
     for setting, cached in by_setting.items():
-        uncached = by_setting.get(Setting(setting.batch_size, setting.gradient_checkpointing, setting.compile, False))
+        uncached = by_setting.get(replace(setting, cache_latents=False))
         if setting.cache_latents and uncached is not None:
             speedup = cached.samples_per_s / uncached.samples_per_s
-            rows.append([*setting.cells()[:3], f"{speedup:.2f}x"])
+            rows.append([*setting.cells()[:4], f"{speedup:.2f}x"])
     if not rows:
         return None
-    return markdown_table(("batch", "grad ckpt", "compile", "cached / uncached samples/s"), rows)
+    return markdown_table(("mode", "batch", "grad ckpt", "compile", "cached / uncached samples/s"), rows)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -257,9 +286,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     results = []
     for index, setting in enumerate(settings, 1):
-        batch, checkpointing, compiled, cached = setting.cells()
+        mode, batch, checkpointing, compiled, cached = setting.cells()
         print(
-            f"[{index}/{len(settings)}] batch {batch}, grad ckpt {checkpointing}, compile {compiled}, "
+            f"[{index}/{len(settings)}] {mode}, batch {batch}, grad ckpt {checkpointing}, compile {compiled}, "
             f"cached latents {cached}",
             flush=True,
         )

@@ -265,6 +265,8 @@ def check_combinations(args: argparse.Namespace, *, training: bool = False) -> N
         problems.append("set max_train_steps, or num_train_epochs >= 1")
     if args.max_train_steps is not None and args.max_train_steps < 1:
         problems.append(f"max_train_steps = {args.max_train_steps} must be >= 1 (or null to use num_train_epochs)")
+    if args.max_train_time_minutes is not None and args.max_train_time_minutes <= 0:
+        problems.append(f"max_train_time_minutes = {args.max_train_time_minutes} must be > 0 (or null: no limit)")
     if args.learning_rate <= 0:
         problems.append(f"learning_rate = {args.learning_rate} must be > 0")
     if not 0.0 <= args.threshold <= 1.0:
