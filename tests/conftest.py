@@ -14,7 +14,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(REPO_ROOT / "tests"))  # for `from launcher import ...` in test modules
 
-from launcher import run_script  # noqa: E402
+from launcher import run_script, tiny_overlay  # noqa: E402
 
 # Small on purpose: 24 train images (6 batches of 4), an odd number of test images (4 easy + 3 hard).
 TINY_COUNTS = {
@@ -41,26 +41,7 @@ def tiny_config(tiny_assets, tmp_path):
     """Write an overlay for the tiny assets (the real demo config, shrunk further) and return its path."""
 
     def write(**overrides) -> Path:
-        config = {
-            "pretrained_model_name_or_path": str(tiny_assets["model"]),
-            "dataset_path": str(tiny_assets["data"]),
-            "cache_dir": str(tiny_assets["cache"]),
-            "output_dir": str(tmp_path / "run"),
-            "resolution": 64,
-            "max_sequence_length": 8,  # 8 CLIP + 8 T5 text tokens, as in the demo: fast steps
-            "mixed_precision": "no",  # fp32 on CPU: exact comparisons, and bf16 autocast is slow here
-            "train_batch_size": 4,
-            "gradient_accumulation_steps": 1,
-            "max_train_steps": 2,
-            "lr_scheduler": "constant",
-            "lr_warmup_steps": 0,
-            "validation_steps": 0,
-            "dataloader_num_workers": 0,
-            "report_to": "none",
-            "num_worst_panels": 2,
-            "num_sample_panels": 1,
-            **overrides,
-        }
+        config = tiny_overlay(tiny_assets, overrides.pop("output_dir", tmp_path / "run"), **overrides)
         path = tmp_path / f"overlay-{len(list(tmp_path.glob('overlay-*.yaml')))}.yaml"
         path.write_text(yaml.safe_dump(config))
         return path

@@ -42,3 +42,27 @@ def run_script(script: str, *args: str, processes: int = 1, cwd: Path = REPO_ROO
     accelerate_config = "cpu_1proc.yaml" if processes == 1 else "cpu_2proc.yaml"
     launcher = ["--config_file", str(REPO_ROOT / "configs" / "accelerate" / accelerate_config)]
     return run_command(accelerate_command(launcher, script, *args), cwd=cwd, check=check)
+
+
+def tiny_overlay(assets: dict[str, Path], output_dir: Path, **overrides) -> dict:
+    """Settings of a run on the tiny assets: the real demo config, shrunk further; `overrides` win."""
+    return {
+        "pretrained_model_name_or_path": str(assets["model"]),
+        "dataset_path": str(assets["data"]),
+        "cache_dir": str(assets["cache"]),
+        "output_dir": str(output_dir),
+        "resolution": 64,
+        "max_sequence_length": 8,  # 8 CLIP + 8 T5 text tokens, as in the demo: fast steps
+        "mixed_precision": "no",  # fp32 on CPU: exact comparisons, and bf16 autocast is slow here
+        "train_batch_size": 4,
+        "gradient_accumulation_steps": 1,
+        "max_train_steps": 2,
+        "lr_scheduler": "constant",
+        "lr_warmup_steps": 0,
+        "validation_steps": 0,
+        "dataloader_num_workers": 0,
+        "report_to": "none",
+        "num_worst_panels": 2,
+        "num_sample_panels": 1,
+        **overrides,
+    }

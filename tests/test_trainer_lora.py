@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from diffusers import SD3Transformer2DModel
-from launcher import REPO_ROOT, accelerate_command, run_command
+from launcher import REPO_ROOT, accelerate_command, run_command, tiny_overlay
 from safetensors.torch import load_file
 from test_trainer_setups import SETTINGS, launcher, logged
 
@@ -74,12 +74,7 @@ def lora_runs(tmp_path_factory, tiny_assets):
     workdir, done = tmp_path_factory.mktemp("lora"), {}
 
     def write(output_dir: Path, **overrides) -> Path:
-        config = {
-            "pretrained_model_name_or_path": str(tiny_assets["model"]), "dataset_path": str(tiny_assets["data"]),
-            "cache_dir": str(tiny_assets["cache"]), "output_dir": str(output_dir), "resolution": 64,
-            "max_sequence_length": 8, "mixed_precision": "no", "train_batch_size": 4, "eval_batch_size": 4,
-            **SETTINGS, **LORA, **overrides,
-        }  # fmt: skip
+        config = tiny_overlay(tiny_assets, output_dir, **{**SETTINGS, **LORA, **overrides})
         path = output_dir.with_suffix(".yaml")
         path.write_text(yaml.safe_dump(config))
         return path

@@ -22,7 +22,7 @@ import torch
 import yaml
 from diffusers import SD3Transformer2DModel
 from diffusers.optimization import get_scheduler
-from launcher import REPO_ROOT, accelerate_command, launch_env, run_command
+from launcher import REPO_ROOT, accelerate_command, launch_env, run_command, tiny_overlay
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -116,18 +116,7 @@ def workdir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def write_config(tiny_assets, workdir):
     def write(output_dir: Path, **overrides) -> Path:
-        config = {
-            "pretrained_model_name_or_path": str(tiny_assets["model"]),
-            "dataset_path": str(tiny_assets["data"]),
-            "cache_dir": str(tiny_assets["cache"]),
-            "output_dir": str(output_dir),
-            "resolution": 64,
-            "max_sequence_length": 8,
-            "mixed_precision": "no",
-            "train_batch_size": 4,
-            **SETTINGS,
-            **overrides,
-        }
+        config = tiny_overlay(tiny_assets, output_dir, **{**SETTINGS, **overrides})
         path = output_dir.with_suffix(".yaml")
         path.write_text(yaml.safe_dump(config))
         return path

@@ -7,7 +7,7 @@ import time
 
 import pytest
 import torch
-from launcher import REPO_ROOT, launch_env, run_command
+from launcher import REPO_ROOT, launch_env, run_command, tiny_overlay
 from safetensors.torch import load_file
 
 from utils.checkpointing import complete_checkpoints
@@ -40,12 +40,9 @@ def tiny_config_factory(tiny_assets, tmp_path_factory):
 
     def write(name: str, **overrides):
         run_dir = root / name
-        config = {
-            "pretrained_model_name_or_path": str(tiny_assets["model"]), "dataset_path": str(tiny_assets["data"]),
-            "cache_dir": str(tiny_assets["cache"]), "output_dir": str(run_dir), "resolution": 64,
-            "max_sequence_length": 8, "mixed_precision": "no", "train_batch_size": 4, "validation_steps": 0,
-            "dataloader_num_workers": 0, "report_to": "none", "learning_rate": 1e-3, **overrides,
-        }  # fmt: skip
+        # accumulation 2 (config.yaml's default) and a warm-up + cosine schedule, as in the reference run
+        defaults = {"gradient_accumulation_steps": 2, "learning_rate": 1e-3}
+        config = tiny_overlay(tiny_assets, run_dir, **{**defaults, **overrides})
         path = root / f"{name}.yaml"
         path.write_text(yaml.safe_dump(config))
         return run_dir, path
