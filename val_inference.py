@@ -22,7 +22,7 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from dataset.trans10k import Sample, Trans10kEval, eval_collate, load_image, load_mask_grey, validate_split
-from dataset.transforms import resize_raw
+from dataset.transforms import crop_to_content, resize_raw
 from evaluation.image_writer import BackgroundImageWriter, png_to_raw, raw_to_png_array, render_panel
 from evaluation.metrics import ImageScore, summarize_subsets, sweep_histogram, threshold_sweep, worst_k
 from evaluation.report import format_summary_table, write_metrics_json, write_metrics_md, write_per_image_csv
@@ -86,7 +86,7 @@ def build_loader(
     args: argparse.Namespace, accelerator: Accelerator, samples: list[Sample]
 ) -> torch.utils.data.DataLoader:
     loader = torch.utils.data.DataLoader(
-        Trans10kEval(samples, args.resolution),
+        Trans10kEval(samples, args.resolution, args.processing),
         batch_size=args.eval_batch_size,
         collate_fn=eval_collate,
         num_workers=args.dataloader_num_workers,
@@ -102,7 +102,11 @@ def load_prediction(predictions_dir: str, subset: str, stem: str) -> torch.Tenso
 
 
 def build_raw_source(args: argparse.Namespace, accelerator: Accelerator) -> Callable[[dict], list | torch.Tensor]:
-    """batch -> raw masks in [0, 1]: from saved PNGs, from the VAE round trip, or from the trained model."""
+    """batch -> raw masks in [0, 1]: from saved PNGs, from the VAE round trip, or from the trained model.
+
+    Model and oracle raws are cut to each image's content box (keep_aspect's padding removed) before scoring resizes
+    them: to the native size, or under the square protocol to resolution x resolution (so both processings are
+    scored against the same square ground truth). Saved PNGs are at native size already."""
     if args.predictions_dir:
         return lambda batch: [
             load_prediction(args.predictions_dir, *key) for key in zip(batch["subset"], batch["stem"], strict=True)
@@ -110,10 +114,12 @@ def build_raw_source(args: argparse.Namespace, accelerator: Accelerator) -> Call
     device, dtype = accelerator.device, inference_dtype(args.mixed_precision, accelerator.device)
     if args.oracle == "vae_roundtrip":  # the ceiling the VAE alone imposes: GT mask -> encode -> decode
         vae = load_frozen_vae(args.pretrained_model_name_or_path, args.revision, args.variant, dtype).to(device)
-        return lambda batch: decode_raw_mask(vae, encode_latents(vae, batch["mask_values"].to(device)))
+        return lambda batch: crop_to_content(
+            decode_raw_mask(vae, encode_latents(vae, batch["mask_values"].to(device))), batch["content_size"]
+        )
     with accelerator.local_main_process_first():  # one process per machine computes the conditioning cache
         predictor = load_predictor(args, args.transformer_path or args.output_dir, device, dtype)
-    return lambda batch: predictor.predict_raw(batch["pixel_values"].to(device))
+    return lambda batch: predictor.predict_content(batch["pixel_values"].to(device), batch["content_size"])
 
 
 def save_raws(

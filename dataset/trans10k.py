@@ -33,18 +33,25 @@ from PIL import Image
 from dataset.transforms import (
     IMAGE_RESAMPLE,
     MASK_RESAMPLE,
+    ContentSize,
     Size,
     augment_pair,
     binary_to_tensor,
     check_mask_mode,
+    check_processing,
+    content_size_of,
     draft_jpeg,
+    fit_size,
+    fit_to_canvas,
     grey_to_classes,
     image_to_tensor,
     mask_grey_level,
     min_decode_size,
+    place_in_canvas,
     sample_train_augmentation,
     to_upright_rgb,
     upright_size,
+    valid_mask,
 )
 
 SPLITS = ("train", "validation", "test")
@@ -349,11 +356,15 @@ class TrainSampler(torch.utils.data.Sampler):
 
 
 class Trans10kTrain(torch.utils.data.Dataset):
-    """Augmented training pairs at ``resolution`` x ``resolution``.
+    """Augmented training pairs at ``resolution`` x ``resolution``, with ``valid_mask`` [1, res, res] (1 = image).
 
     Keys are (index, aug_seed) from TrainSampler, or a plain index (then aug_seed is that of epoch 0).
     random_crop_scale: minimum area fraction of a random resized crop; 1.0 resizes the whole image.
     color_jitter: brightness/contrast/saturation factors drawn in [1 - s, 1 + s] on the image only; 0 disables.
+    processing: "square" resizes the crop to the whole canvas (valid_mask all ones); "keep_aspect" fits the crop's
+    longest side and pads (dataset.transforms, "Canvas geometry"). Crop, flip and jitter act on the crop before it is
+    placed in the canvas, so the padding is always right and below the content, flipped or not. The default is the
+    processing of every run before the key existed (config.yaml's processing is the default callers pass).
     """
 
     def __init__(
@@ -364,8 +375,10 @@ class Trans10kTrain(torch.utils.data.Dataset):
         color_jitter: float,
         random_crop_scale: float,
         seed: int,
+        processing: str = "square",
     ) -> None:
         _check_resolution(resolution)
+        check_processing(processing)
         if not 0.0 < random_crop_scale <= 1.0:
             raise ValueError(f"random_crop_scale must be in (0, 1], got {random_crop_scale}")
         if color_jitter < 0.0:
@@ -376,6 +389,7 @@ class Trans10kTrain(torch.utils.data.Dataset):
         self.color_jitter = color_jitter
         self.random_crop_scale = random_crop_scale
         self.seed = seed
+        self.processing = processing
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -400,34 +414,43 @@ class Trans10kTrain(torch.utils.data.Dataset):
         augmentation = sample_train_augmentation(
             image_size, generator, self.random_flip, self.color_jitter, self.random_crop_scale
         )
+        left, top, right, bottom = augmentation.crop_box
+        crop_size = (max(1, round(right - left)), max(1, round(bottom - top)))  # whole pixels for the aspect ratio
+        size = fit_size(crop_size, self.resolution, self.processing)
         # Decode the JPEG only as large as the crop needs: at low resolutions this skips most of the IDCT work.
-        min_size = min_decode_size(image_size, augmentation.crop_box, self.resolution)
+        min_size = min_decode_size(image_size, augmentation.crop_box, size)
         image, draft_factor, _ = _decode_image(sample.image_path, min_size)
-        image, mask_grey = augment_pair(image, mask_grey, augmentation, draft_factor, self.resolution)
+        image, mask_grey = augment_pair(image, mask_grey, augmentation, draft_factor, size)
+        side = self.resolution
         return {
-            "pixel_values": image_to_tensor(image),
-            "mask_values": binary_to_tensor(np.array(mask_grey) > 0),
+            "pixel_values": image_to_tensor(place_in_canvas(image, side)),
+            "mask_values": binary_to_tensor(np.array(place_in_canvas(mask_grey, side)) > 0),
+            "valid_mask": valid_mask((size[1], size[0]), side),
             "stem": sample.stem,
         }
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Evaluation and prediction: the whole image, resized to the model's square, no crop, no flip
+# Evaluation and prediction: the whole image in the model's canvas (processing square or keep_aspect), no crop, no flip
 
 
-def model_pixels(image: Image.Image, resolution: int) -> torch.Tensor:
-    """``pixel_values`` [3, resolution, resolution] in [-1, 1] of a whole upright RGB image, as the model sees it."""
-    return image_to_tensor(image.resize((resolution, resolution), IMAGE_RESAMPLE))
+def model_pixels(image: Image.Image, resolution: int, content_size: ContentSize) -> torch.Tensor:
+    """``pixel_values`` [3, resolution, resolution] in [-1, 1] of a whole upright RGB image, as the model sees it:
+    resized to ``content_size`` (h, w; ``content_size_of`` its full upright size) in the top-left of the canvas."""
+    return image_to_tensor(fit_to_canvas(image, resolution, content_size, IMAGE_RESAMPLE))
 
 
 class ImageFiles(torch.utils.data.Dataset):
-    """Images without ground truth (predict.py): ``pixel_values`` for the model, the upright image at its native size
-    (``image``, uint8 H x W x 3, for resizing the prediction back and for overlays) and the file's ``stem``."""
+    """Images without ground truth (predict.py): ``pixel_values`` for the model, ``content_size`` (h, w) of the image
+    in that canvas and ``valid_mask``, the upright image at its native size (``image``, uint8 H x W x 3, for resizing
+    the prediction back and for overlays) and the file's ``stem``."""
 
-    def __init__(self, paths: Sequence[str | Path], resolution: int) -> None:
+    def __init__(self, paths: Sequence[str | Path], resolution: int, processing: str = "square") -> None:
         _check_resolution(resolution)
+        check_processing(processing)
         self.paths = [Path(path) for path in paths]
         self.resolution = resolution
+        self.processing = processing
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -435,17 +458,28 @@ class ImageFiles(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         path = self.paths[index]
         image = load_image(path)  # decoded at full size: the native image is returned too
-        return {"pixel_values": model_pixels(image, self.resolution), "image": np.asarray(image), "stem": path.stem}
+        content_size = content_size_of(image.size, self.resolution, self.processing)
+        return {
+            "pixel_values": model_pixels(image, self.resolution, content_size),
+            "content_size": content_size,
+            "valid_mask": valid_mask(content_size, self.resolution),
+            "image": np.asarray(image),
+            "stem": path.stem,
+        }
 
 
 class Trans10kEval(torch.utils.data.Dataset):
-    """Trans10k pairs: ``pixel_values`` (``model_pixels``), the binary mask at the same square size (``mask_values``,
-    the square protocol's target), the ground-truth classes at their native size (``gt_classes``), stem and subset."""
+    """Trans10k pairs: ``pixel_values`` (``model_pixels``), the binary mask in the same canvas (``mask_values``: what
+    the VAE oracle encodes; under square also the square protocol's target), ``content_size`` (h, w) of the image in
+    the canvas and ``valid_mask``, the ground-truth classes at their native size (``gt_classes``), stem and subset.
+    The processing default is that of every run before the key existed; callers pass config.yaml's processing."""
 
-    def __init__(self, samples: Sequence[Sample], resolution: int) -> None:
+    def __init__(self, samples: Sequence[Sample], resolution: int, processing: str = "square") -> None:
         _check_resolution(resolution)
+        check_processing(processing)
         self.samples = list(samples)
         self.resolution = resolution
+        self.processing = processing
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -454,24 +488,29 @@ class Trans10kEval(torch.utils.data.Dataset):
         sample = self.samples[index]
         side = self.resolution
         mask_grey = load_mask_grey(sample.mask_path)
-        # The JPEG is decoded only as large as the square needs; the pair check uses the upright size from the header.
-        image, _, image_size = _decode_image(sample.image_path, (side, side))
+        image_size = read_image_size(sample.image_path)
         _check_pair_size(sample, image_size, mask_grey.size)
+        # The JPEG is decoded only as large as the canvas needs; the pair check uses the upright size from the header.
+        image, _, _ = _decode_image(sample.image_path, fit_size(image_size, side, self.processing))
+        content_size = content_size_of(image_size, side, self.processing)
+        mask_canvas = fit_to_canvas(mask_grey, side, content_size, MASK_RESAMPLE)
         return {
-            "pixel_values": model_pixels(image, side),
-            "mask_values": binary_to_tensor(np.array(mask_grey.resize((side, side), MASK_RESAMPLE)) > 0),
+            "pixel_values": model_pixels(image, side, content_size),
+            "mask_values": binary_to_tensor(np.array(mask_canvas) > 0),
+            "content_size": content_size,
+            "valid_mask": valid_mask(content_size, side),
             "gt_classes": torch.from_numpy(grey_to_classes(np.array(mask_grey))),
             "stem": sample.stem,
             "subset": sample.subset,
         }
 
 
-_STACKED_KEYS = ("pixel_values", "mask_values")
+_STACKED_KEYS = ("pixel_values", "mask_values", "valid_mask")
 
 
 def eval_collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
     """The collate of ``Trans10kEval`` and ``ImageFiles``: stack the model-sized tensors; keep native-size ground
-    truths and images and the metadata as per-item lists."""
+    truths and images, the content sizes and the metadata as per-item lists."""
     collated: dict[str, Any] = {}
     for key in batch[0]:
         values = [item[key] for item in batch]

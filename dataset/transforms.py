@@ -1,5 +1,6 @@
 """Image and mask operations for Trans10k: EXIF orientation, mask decoding, the joint training transforms, the
-conversions between images and model tensors, and the resize of raw predictions back to an image's size.
+canvas geometry of the two processings, the conversions between images and model tensors, and the resize of raw
+predictions back to an image's size.
 
 Everything here works on already opened PIL images, arrays and tensors; opening files and turning read errors into
 ``DatasetError`` happens in ``dataset.trans10k``.
@@ -18,6 +19,7 @@ so a pixel is transparent exactly when any channel is non-zero.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -214,11 +216,12 @@ def sample_train_augmentation(
     return TrainAugmentation(crop_box=crop_box, flip=flip, jitter=jitter)
 
 
-def min_decode_size(image_size: Size, crop_box: CropBox, side: int) -> Size:
-    """Smallest full-image size at which ``crop_box`` still covers ``side`` x ``side`` pixels (for draft_jpeg)."""
+def min_decode_size(image_size: Size, crop_box: CropBox, output_size: Size) -> Size:
+    """Smallest full-image size at which ``crop_box`` still covers ``output_size`` pixels (for draft_jpeg)."""
     left, top, right, bottom = crop_box
     width, height = image_size
-    return (math.ceil(width * side / (right - left)), math.ceil(height * side / (bottom - top)))
+    out_width, out_height = output_size
+    return (math.ceil(width * out_width / (right - left)), math.ceil(height * out_height / (bottom - top)))
 
 
 def scale_box(box: CropBox, factor: float) -> CropBox:
@@ -231,20 +234,123 @@ def augment_pair(
     mask_grey: Image.Image,
     augmentation: TrainAugmentation,
     image_draft_factor: int,
-    side: int,
+    size: Size,
 ) -> tuple[Image.Image, Image.Image]:
-    """Crop and resize both to ``side`` x ``side``, flip both together, colour-jitter the image only.
+    """Crop and resize both to ``size`` (width, height), flip both together, colour-jitter the image only.
 
-    ``image`` may be a JPEG decoded at 1/``image_draft_factor`` scale; ``mask_grey`` is at full size.
+    ``image`` may be a JPEG decoded at 1/``image_draft_factor`` scale; ``mask_grey`` is at full size. Nothing here
+    pads: under keep_aspect the canvas is filled afterwards (``place_in_canvas``), so a flip never moves the padding.
     """
     image_box = scale_box(augmentation.crop_box, image_draft_factor)
-    image = image.resize((side, side), IMAGE_RESAMPLE, box=image_box)
-    mask_grey = mask_grey.resize((side, side), MASK_RESAMPLE, box=augmentation.crop_box)
+    image = image.resize(size, IMAGE_RESAMPLE, box=image_box)
+    mask_grey = mask_grey.resize(size, MASK_RESAMPLE, box=augmentation.crop_box)
     if augmentation.flip:
         image, mask_grey = ImageOps.mirror(image), ImageOps.mirror(mask_grey)
     if augmentation.jitter is not None:
         image = color_jitter(image, augmentation.jitter)
     return image, mask_grey
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Canvas geometry: how an image of any size becomes the model's resolution x resolution input, and back.
+#
+# square:      the whole image is resized to resolution x resolution (aspect ratio not kept: the seed's processing).
+# keep_aspect: the longest side is resized to resolution and the short side to round(short * resolution / long),
+#              rounded half up, at least 1 px; the result sits in the TOP-LEFT corner of a resolution x resolution
+#              canvas (a multiple of 16, so a batch stacks), the padding to its right and below it. Top-left makes the
+#              content box [0:h, 0:w]: undoing the padding is one slice, with no offset to round or carry. The padding
+#              repeats the content's last column and row (edge replication, as Marigold pads): a constant fill would
+#              put a hard artificial edge at the content border, the kind of contour the model learns to call glass,
+#              and the mask is padded the same way so input and target agree there. The padding is excluded from
+#              the losses (``valid_mask``) and cropped from every prediction (``crop_to_content``), so what fills it
+#              only matters through the receptive field of the content pixels next to it.
+
+PROCESSINGS = ("square", "keep_aspect")
+ContentSize = tuple[int, int]  # (height, width) of the image inside the canvas: tensor order, like gt.shape
+
+
+def check_processing(processing: str) -> None:
+    if processing not in PROCESSINGS:
+        raise ValueError(f"processing must be one of {', '.join(PROCESSINGS)}, got {processing!r}")
+
+
+def fit_size(size: Size, resolution: int, processing: str) -> Size:
+    """(width, height) an image of ``size`` (width, height) is resized to inside the resolution x resolution canvas."""
+    check_processing(processing)
+    width, height = size
+    if width < 1 or height < 1:
+        raise ValueError(f"image size must be positive, got {width}x{height}")
+    if processing == "square":
+        return (resolution, resolution)
+    longest = max(width, height)
+    # Integer round-half-up of side * resolution / longest: exact for any size, no float ties.
+    width, height = ((2 * side * resolution + longest) // (2 * longest) for side in (width, height))
+    return (max(1, width), max(1, height))
+
+
+def content_size_of(size: Size, resolution: int, processing: str) -> ContentSize:
+    """(height, width) of the content box in the canvas for an image of ``size`` (width, height)."""
+    width, height = fit_size(size, resolution, processing)
+    return (height, width)
+
+
+def pad_to_canvas(array: np.ndarray, side: int) -> np.ndarray:
+    """An [h, w] or [h, w, C] array in the top-left corner of a side x side canvas, padded by edge replication."""
+    height, width = array.shape[:2]
+    if height > side or width > side:
+        raise ValueError(f"content {height}x{width} does not fit a {side}x{side} canvas")
+    padding = ((0, side - height), (0, side - width)) + ((0, 0),) * (array.ndim - 2)
+    return np.pad(array, padding, mode="edge")
+
+
+def place_in_canvas(image: Image.Image, side: int) -> Image.Image:
+    """A PIL image (RGB or L) in the top-left corner of a side x side canvas (see pad_to_canvas)."""
+    if image.size == (side, side):
+        return image
+    return Image.fromarray(pad_to_canvas(np.asarray(image), side))
+
+
+def fit_to_canvas(image: Image.Image, side: int, content_size: ContentSize, resample: Image.Resampling) -> Image.Image:
+    """The whole image resized to ``content_size`` (h, w) and placed in the side x side canvas. The content size is
+    passed, not derived from ``image.size``: a JPEG decoded at draft (reduced) size must fit its full size's box."""
+    height, width = content_size
+    return place_in_canvas(image.resize((width, height), resample), side)
+
+
+def valid_mask(content_size: ContentSize, side: int) -> torch.Tensor:
+    """float32 [1, side, side]: 1 on the content box (top-left, ``content_size`` (h, w)), 0 on the padding."""
+    height, width = content_size
+    mask = torch.zeros(1, side, side)
+    mask[:, :height, :width] = 1.0
+    return mask
+
+
+def crop_to_content(raws: torch.Tensor | Sequence[torch.Tensor], content_sizes: Sequence[ContentSize]) -> list:
+    """Each [..., H, W] prediction cut to its content box [..., :h, :w]: the padding removed before any resize."""
+    if len(raws) != len(content_sizes):
+        raise ValueError(f"{len(raws)} predictions but {len(content_sizes)} content sizes")
+    crops = []
+    for raw, (height, width) in zip(raws, content_sizes, strict=True):
+        if height > raw.shape[-2] or width > raw.shape[-1]:
+            raise ValueError(f"content box {height}x{width} is larger than the prediction {tuple(raw.shape[-2:])}")
+        crops.append(raw[..., :height, :width])
+    return crops
+
+
+def mirror_content(batch: torch.Tensor, content_sizes: Sequence[ContentSize]) -> torch.Tensor:
+    """[B, C, S, S] or [B, S, S] with each item's content box mirrored left-right and the padding rebuilt by edge
+    replication: exactly the canvas of the mirrored image, so its padding stays right and below as in training.
+    Applied twice it gives back the content box (the padding may differ: it replicates the content's new edge)."""
+    if all(tuple(size) == tuple(batch.shape[-2:]) for size in content_sizes):
+        return batch.flip(-1)  # square canvases: the whole batch in one flip
+    channels_first = batch if batch.dim() == 4 else batch.unsqueeze(1)
+    side_h, side_w = channels_first.shape[-2:]
+    mirrored = []
+    for item, (height, width) in zip(channels_first, content_sizes, strict=True):
+        content = item[None, :, :height, :width].flip(-1)
+        mirrored.append(F.pad(content, (0, side_w - width, 0, side_h - height), mode="replicate")[0])
+    result = torch.stack(mirrored)
+    return result if batch.dim() == 4 else result[:, 0]
 
 
 def tensor_to_image(pixel_values: torch.Tensor) -> np.ndarray:

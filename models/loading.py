@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -98,9 +99,32 @@ def _mismatch(key: str, value: object, trained: object, transformer_dir: Path, c
     )
 
 
+class ProcessingMismatchWarning(UserWarning):
+    """The model is evaluated or used with another image processing than it was trained with."""
+
+
+# A training config.yaml written before the processing key existed comes from a run that resized images square.
+PROCESSING_BEFORE_THE_KEY = "square"
+
+
+def warn_if_processing_differs(trained: dict, args, transformer_dir: Path, config_file: Path) -> None:
+    """Warn, naming both, when args.processing differs from the training run's. A warning, not an error: the weights
+    run either way, and evaluating across processings is a measurement worth being able to make."""
+    trained_with = trained.get("processing", PROCESSING_BEFORE_THE_KEY)
+    if trained_with != args.processing:
+        warnings.warn(
+            f"processing = {args.processing}, but {transformer_dir} was trained with processing = {trained_with} "
+            f"({config_file}): the model sees differently laid-out images than in training and its scores may drop; "
+            f"pass --processing {trained_with} to evaluate it as trained",
+            ProcessingMismatchWarning,
+            stacklevel=3,
+        )
+
+
 def check_matches_training(transformer_dir: str | Path, args) -> None:
     """Fail when args differ from the training run's config.yaml (beside transformer/ or one level up) on a key the
-    trained weights depend on. Folders without a training config (e.g. downloaded weights) are not checked."""
+    trained weights depend on; warn when the processing differs. Folders without a training config (e.g. downloaded
+    weights) are not checked."""
     transformer_dir = resolve_transformer_dir(transformer_dir)
     for run_dir in (transformer_dir.parent, transformer_dir.parent.parent):
         config_file = run_dir / "config.yaml"
@@ -109,4 +133,5 @@ def check_matches_training(transformer_dir: str | Path, args) -> None:
             for key in TRAINING_BOUND_KEYS:
                 if key in trained and _comparable(key, trained[key]) != _comparable(key, getattr(args, key)):
                     raise _mismatch(key, getattr(args, key), trained[key], transformer_dir, config_file)
+            warn_if_processing_differs(trained, args, transformer_dir, config_file)
             return

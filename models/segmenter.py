@@ -5,10 +5,15 @@ Trainer, validation, prediction and the benchmarks all call this module; nothing
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from diffusers import AutoencoderKL
+
+from dataset.transforms import ContentSize, crop_to_content, mirror_content
+
+TTA_MODES = ("none", "hflip")
 
 
 def encode_latents(vae: AutoencoderKL, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -40,13 +45,21 @@ def check_resolution(resolution: int, vae: AutoencoderKL, transformer_config) ->
 
 @dataclass
 class MaskPredictor:
-    """Frozen VAE + transformer + the constant empty-prompt conditioning and fixed timestep."""
+    """Frozen VAE + transformer + the constant empty-prompt conditioning and fixed timestep.
+
+    tta "hflip" averages each raw prediction with that of the mirrored image, mirrored back (evaluation and
+    prediction; the trainer's validation uses "none", the default of a predictor built without it)."""
 
     vae: AutoencoderKL
     transformer: torch.nn.Module  # SD3Transformer2DModel, possibly wrapped by DDP/DeepSpeed
     prompt_embeds: torch.Tensor  # [1, L, D]
     pooled_prompt_embeds: torch.Tensor  # [1, P]
     timestep: float
+    tta: str = "none"
+
+    def __post_init__(self) -> None:
+        if self.tta not in TTA_MODES:
+            raise ValueError(f"tta must be one of {', '.join(TTA_MODES)}, got {self.tta!r}")
 
     def predict_latents(self, image_latents: torch.Tensor) -> torch.Tensor:
         """One deterministic transformer step: image latents -> predicted mask latents (gradients flow)."""
@@ -62,9 +75,34 @@ class MaskPredictor:
         )[0]
 
     @torch.no_grad()
-    def predict_raw(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Images in [-1, 1] [B, 3, H, W] -> raw masks [B, H, W] in [0, 1] (fp32)."""
+    def raw_once(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """One pass, no test-time augmentation: images in [-1, 1] [B, 3, H, W] -> raw masks [B, H, W] in [0, 1]."""
         return decode_raw_mask(self.vae, self.predict_latents(encode_latents(self.vae, pixel_values)))
+
+    @torch.no_grad()
+    def predict_raw(
+        self, pixel_values: torch.Tensor, content_sizes: Sequence[ContentSize] | None = None
+    ) -> torch.Tensor:
+        """Images in [-1, 1] [B, 3, S, S] -> raw masks [B, S, S] in [0, 1] (fp32), with the predictor's tta.
+
+        ``content_sizes``: each image's (h, w) box in the canvas (keep_aspect; None = the whole canvas). hflip mirrors
+        only that box and rebuilds the padding (dataset.transforms.mirror_content), so the mirror is laid out as
+        every training image, padding right and below. The image and its mirror go through the model as one batch of
+        2B: one encode, one transformer call and one decode instead of two of each (fuller GPU kernels; the cost is
+        twice the activation memory of eval_batch_size images). Outside the content box the values mean nothing (the
+        padding): crop them (predict_content) before anything resizes or scores the prediction."""
+        if self.tta == "none":
+            return self.raw_once(pixel_values)
+        sizes = content_sizes if content_sizes is not None else [tuple(pixel_values.shape[-2:])] * len(pixel_values)
+        both = self.raw_once(torch.cat([pixel_values, mirror_content(pixel_values, sizes)]))  # [2B, S, S]
+        plain, mirrored = both.chunk(2)
+        return (plain + mirror_content(mirrored, sizes)) / 2
+
+    @torch.no_grad()
+    def predict_content(self, pixel_values: torch.Tensor, content_sizes: Sequence[ContentSize]) -> list[torch.Tensor]:
+        """``predict_raw`` cut to each image's content box: [h, w] per image, the padding gone before any resize, so
+        native-size scores, raw/ PNGs and predict.py only ever see the image's own pixels."""
+        return crop_to_content(self.predict_raw(pixel_values, content_sizes), content_sizes)
 
 
 def load_predictor(args, transformer_path: str, device: torch.device, dtype: torch.dtype) -> MaskPredictor:
@@ -80,4 +118,5 @@ def load_predictor(args, transformer_path: str, device: torch.device, dtype: tor
     vae = load_frozen_vae(model, revision, variant, dtype).to(device)
     transformer = load_trained_transformer(transformer_path, dtype, args).to(device)
     check_resolution(args.resolution, vae, transformer.config)
-    return MaskPredictor(vae, transformer, prompt_embeds.to(device, dtype), pooled.to(device, dtype), args.timestep)
+    embeds, pooled = prompt_embeds.to(device, dtype), pooled.to(device, dtype)
+    return MaskPredictor(vae, transformer, embeds, pooled, args.timestep, tta=args.tta)

@@ -285,6 +285,13 @@ def check_combinations(args: argparse.Namespace, *, training: bool = False) -> N
             f"{args.random_crop_scale}): random colours and crops change the pixels every epoch, so latents cannot "
             "be computed once"
         )
+    # Training only: val_inference.py and predict.py never read cache_latents, and a cached run's config.yaml must
+    # still evaluate with --processing keep_aspect (to measure the mismatch it warns about).
+    if training and args.cache_latents and args.processing != "square":
+        problems.append(
+            f"cache_latents with processing = {args.processing} is not supported yet: the latent cache stores the "
+            "latents of square-resized images only; set cache_latents false or processing square"
+        )
     if args.predictions_dir is not None and args.oracle is not None:
         problems.append("predictions_dir and oracle both set: score either existing predictions or the VAE oracle")
     if args.threshold_sweep and args.split == "test":

@@ -379,7 +379,7 @@ def test_image_files_give_model_pixels_and_the_upright_native_image(tmp_path: Pa
     assert [image.shape for image in batch["image"]] == [(40, 30, 3), (50, 33, 3)]
     assert all(image.dtype == np.uint8 for image in batch["image"])
     assert batch["stem"] == ["rotated", "odd"]
-    assert torch.equal(batch["pixel_values"][0], model_pixels(load_image(rotated), 16))
+    assert torch.equal(batch["pixel_values"][0], model_pixels(load_image(rotated), 16, (16, 16)))
     with pytest.raises(ValueError, match="resolution"):
         ImageFiles([odd], resolution=0)
 

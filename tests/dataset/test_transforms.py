@@ -165,7 +165,8 @@ def test_crop_scale_one_is_the_whole_image_and_smaller_scales_vary() -> None:
 
 def test_min_decode_size_keeps_the_crop_at_least_the_output_side() -> None:
     # A crop of a quarter of the width and half the height must be decoded from >= 4x / 2x the output side.
-    assert min_decode_size((800, 600), (0, 0, 200, 300), 64) == (256, 128)
+    assert min_decode_size((800, 600), (0, 0, 200, 300), (64, 64)) == (256, 128)
+    assert min_decode_size((800, 600), (0, 0, 200, 300), (64, 32)) == (256, 64)  # a keep_aspect content box
 
 
 def test_jitter_factors_stay_in_range() -> None:
@@ -189,9 +190,9 @@ def test_augment_pair_flips_both_and_jitters_only_the_image() -> None:
     mask = Image.fromarray(grey, mode="L")
     whole = (0.0, 0.0, 16.0, 16.0)
 
-    plain = augment_pair(image, mask, TrainAugmentation(whole, flip=False, jitter=None), 1, 16)
-    flipped = augment_pair(image, mask, TrainAugmentation(whole, flip=True, jitter=None), 1, 16)
-    jittered = augment_pair(image, mask, TrainAugmentation(whole, False, JitterFactors(1.5, 0.5, 1.5)), 1, 16)
+    plain = augment_pair(image, mask, TrainAugmentation(whole, flip=False, jitter=None), 1, (16, 16))
+    flipped = augment_pair(image, mask, TrainAugmentation(whole, flip=True, jitter=None), 1, (16, 16))
+    jittered = augment_pair(image, mask, TrainAugmentation(whole, False, JitterFactors(1.5, 0.5, 1.5)), 1, (16, 16))
 
     np.testing.assert_array_equal(np.array(flipped[0]), np.array(plain[0])[:, ::-1])
     np.testing.assert_array_equal(np.array(flipped[1]), np.array(plain[1])[:, ::-1])
