@@ -407,3 +407,77 @@ def test_drafted_jpeg_crop_matches_a_full_size_decode(tmp_path: Path, write_mask
         reference = full_decode.resize((16, 16), transforms.IMAGE_RESAMPLE, box=augmentation.crop_box)
         assert (item["pixel_values"] - transforms.image_to_tensor(reference)).abs().mean() < 0.03
     assert max(draft_factors) > 1  # the reduced decode was really used
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# processing: keep_aspect
+
+
+def _write_wide_position_pair(root: Path, width: int = 48, height: int = 16) -> Sample:
+    """PNG whose red/green channels encode x/y and an asymmetric mask (left quarter, top half), width > height."""
+    x, y = np.meshgrid(np.arange(width), np.arange(height))
+    pixels = np.stack([x * 5, y * 15, np.full_like(x, 128)], axis=-1).astype(np.uint8)
+    image_path, mask_path = root / "wide.png", root / "wide_mask.png"
+    Image.fromarray(pixels).save(image_path)
+    Image.fromarray(((x < width // 4) & (y < height // 2)).astype(np.uint8) * 255).save(mask_path)
+    return Sample(image_path, mask_path, "wide", "train", "")
+
+
+def test_keep_aspect_train_pair_is_top_left_and_a_flip_keeps_the_padding_where_it_was(tmp_path: Path) -> None:
+    dataset = _train([_write_wide_position_pair(tmp_path)], resolution=24, processing="keep_aspect")
+    content = np.zeros((24, 24), dtype=np.float32)
+    content[:8, :24] = 1  # 48x16 -> 24x8 in the top-left corner
+    items = {}
+    for aug_seed in range(16):
+        item = dataset[(0, aug_seed)]
+        items[bool(item["pixel_values"][0, 0, 0] > item["pixel_values"][0, 0, -1])] = item  # red falls: flipped
+        np.testing.assert_array_equal(item["valid_mask"][0].numpy(), content)
+        for key in ("pixel_values", "mask_values"):
+            assert item[key].shape == (3, 24, 24)
+            below = item[key][:, 8:, :]  # the padding replicates the content's last row
+            assert torch.equal(below, item[key][:, 7:8, :].expand_as(below)), key
+    plain, flipped = items[False], items[True]  # some seeds flip, some do not
+    for key in ("pixel_values", "mask_values"):  # the flip mirrors the content only
+        assert torch.equal(flipped[key][:, :8], plain[key][:, :8].flip(-1)), key
+    assert (plain["mask_values"][0, :4, :6] > 0).all() and (flipped["mask_values"][0, :4, -6:] > 0).all()
+
+
+def test_square_items_have_an_all_ones_valid_mask_and_the_whole_canvas_as_content(tree: Path) -> None:
+    assert torch.equal(_train(find_samples(tree, "train"))[0]["valid_mask"], torch.ones(1, 16, 16))
+    item = Trans10kEval(find_samples(tree, "test"), resolution=16)[0]
+    assert item["content_size"] == (16, 16) and torch.equal(item["valid_mask"], torch.ones(1, 16, 16))
+
+
+def test_keep_aspect_eval_item_fits_the_full_size_of_a_rotated_drafted_jpeg(tmp_path: Path, write_image, write_mask):
+    # Stored 200x120 with orientation 6: upright 120 wide, 200 high; 16 px long side -> content 16 x round(9.6) = 10.
+    image_path = write_image(tmp_path / "images" / "r.jpg", size=(200, 120), exif_orientation=6)
+    mask_path = write_mask(tmp_path / "masks" / "r_mask.png", size=(120, 200))
+    sample = Sample(image_path, mask_path, "r", "test", "hard")
+    item = Trans10kEval([sample], resolution=16, processing="keep_aspect")[0]
+    assert item["content_size"] == (16, 10)
+    assert item["gt_classes"].shape == (200, 120)
+    expected_valid = torch.zeros(1, 16, 16)
+    expected_valid[:, :, :10] = 1
+    assert torch.equal(item["valid_mask"], expected_valid)
+    # The canvas mask is the nearest resize of the native ground truth to the content box, padded by its last column.
+    gt = Image.fromarray(item["gt_classes"].numpy() > 0)
+    expected = torch.from_numpy(np.array(gt.resize((10, 16), Image.Resampling.NEAREST)))
+    assert torch.equal(item["mask_values"][0, :, :10] > 0, expected)
+    assert torch.equal(item["mask_values"][:, :, 10:], item["mask_values"][:, :, 9:10].expand(3, 16, 6))
+    drafted = load_image(image_path, draft_size=(10, 16))  # decoded at 1/8: 15 x 25, then fitted to the 10 x 16 box
+    assert drafted.size == (15, 25)
+    assert torch.equal(item["pixel_values"], model_pixels(drafted, 16, (16, 10)))
+    batch = eval_collate([item, item])
+    assert batch["valid_mask"].shape == (2, 1, 16, 16) and batch["content_size"] == [(16, 10), (16, 10)]
+
+
+def test_keep_aspect_image_files_carry_the_content_box(tmp_path: Path, write_image) -> None:
+    odd = write_image(tmp_path / "odd.png", size=(33, 50))  # 50 high: 16 x round(10.56) = 11
+    item = ImageFiles([odd], resolution=16, processing="keep_aspect")[0]
+    assert item["content_size"] == (16, 11) and item["image"].shape == (50, 33, 3)
+    assert float(item["valid_mask"].sum()) == 16 * 11 and float(item["valid_mask"][0, :, :11].min()) == 1
+    canvas = np.asarray(Image.fromarray(item["image"]).resize((11, 16), transforms.IMAGE_RESAMPLE))
+    expected = transforms.image_to_tensor(Image.fromarray(transforms.pad_to_canvas(canvas, 16)))
+    assert torch.equal(item["pixel_values"], expected)
+    with pytest.raises(ValueError, match="processing"):
+        ImageFiles([odd], resolution=16, processing="letterbox")

@@ -1,3 +1,5 @@
+import math
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -8,22 +10,30 @@ from PIL import Image
 from dataset.transforms import (
     BACKGROUND_CLASS,
     CROP_ASPECT_RANGE,
+    IMAGE_RESAMPLE,
     STUFF_CLASS,
     THINGS_CLASS,
     JitterFactors,
     TrainAugmentation,
     augment_pair,
     binary_to_tensor,
+    content_size_of,
+    crop_to_content,
     draft_jpeg,
+    fit_size,
+    fit_to_canvas,
     grey_to_classes,
     image_to_tensor,
     mask_grey_level,
     min_decode_size,
+    mirror_content,
+    pad_to_canvas,
     resize_raw,
     sample_crop_box,
     sample_jitter_factors,
     to_upright_rgb,
     upright_size,
+    valid_mask,
 )
 
 # Official grey levels: background 0, things 85, stuff 255.
@@ -233,3 +243,77 @@ def test_resize_raw_antialiases_only_when_shrinking():
     grown = resize_raw(small, (11, 13))
     expected = torch.nn.functional.interpolate(small[None, None], size=(11, 13), mode="bilinear", align_corners=False)
     assert torch.allclose(grown, expected[0, 0].clamp(0, 1), atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Canvas geometry (processing square | keep_aspect)
+
+EXTREME_SIZES = [(1, 1000), (1000, 1), (17, 33), (33, 17), (1, 1), (3, 5000), (999, 1001), (640, 480), (64, 64)]
+
+
+def _expected_fit(size: tuple[int, int], resolution: int) -> tuple[int, int]:
+    """keep_aspect's (width, height), computed with exact fractions: longest side = resolution, the other rounded
+    half up, at least 1."""
+    longest = max(size)
+    return tuple(max(1, math.floor(Fraction(side * resolution, longest) + Fraction(1, 2))) for side in size)
+
+
+@pytest.mark.parametrize("resolution", [16, 64, 1024])
+@pytest.mark.parametrize("size", EXTREME_SIZES)
+def test_keep_aspect_pad_then_unpad_returns_the_native_size_exactly(size: tuple[int, int], resolution: int) -> None:
+    width, height = size
+    assert fit_size(size, resolution, "keep_aspect") == _expected_fit(size, resolution)
+    assert fit_size(size, resolution, "square") == (resolution, resolution)
+    content = content_size_of(size, resolution, "keep_aspect")
+    assert content == _expected_fit(size, resolution)[::-1] and max(content) == resolution
+    native = np.random.default_rng(width * 7 + height).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    canvas = fit_to_canvas(Image.fromarray(native), resolution, content, IMAGE_RESAMPLE)
+    assert canvas.size == (resolution, resolution)
+    raw = torch.from_numpy(np.asarray(canvas)[..., 0].astype(np.float32) / 255)  # a "prediction" on the canvas
+    (cropped,) = crop_to_content(raw[None], [content])
+    assert tuple(cropped.shape) == content
+    assert resize_raw(cropped, (height, width)).shape == (height, width)
+
+
+@pytest.mark.parametrize("content", [(1, 16), (16, 1), (7, 13), (16, 16), (9, 16)])
+def test_canvas_content_sits_top_left_padding_replicates_its_edges_and_valid_mask_marks_it(content) -> None:
+    height, width = content
+    array = np.random.default_rng(height * 31 + width).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    canvas = pad_to_canvas(array, 16)
+    assert canvas.shape == (16, 16, 3)
+    np.testing.assert_array_equal(canvas[:height, :width], array)  # unpadding is one slice, values untouched
+    np.testing.assert_array_equal(canvas[:height, width:], np.repeat(array[:, -1:], 16 - width, axis=1))
+    np.testing.assert_array_equal(canvas[height:], np.repeat(canvas[height - 1 : height], 16 - height, axis=0))
+    mask = valid_mask(content, 16)
+    assert mask.shape == (1, 16, 16) and mask.dtype == torch.float32
+    expected = np.zeros((16, 16), dtype=np.float32)
+    expected[:height, :width] = 1
+    np.testing.assert_array_equal(mask[0].numpy(), expected)
+    (cropped,) = crop_to_content(torch.from_numpy(canvas).permute(2, 0, 1)[None], [content])
+    np.testing.assert_array_equal(cropped.permute(1, 2, 0).numpy(), array)
+
+
+def test_mirror_content_is_the_canvas_of_the_mirrored_image() -> None:
+    rng = np.random.default_rng(4)
+    contents = [(5, 16), (16, 9), (16, 16)]
+    arrays = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in contents]
+    batch = torch.stack([torch.from_numpy(pad_to_canvas(a, 16)).permute(2, 0, 1).float() for a in arrays])
+    mirrored = mirror_content(batch, contents)
+    for i, array in enumerate(arrays):
+        expected = pad_to_canvas(np.ascontiguousarray(array[:, ::-1]), 16)  # mirrored first, then padded
+        np.testing.assert_array_equal(mirrored[i].permute(1, 2, 0).numpy(), expected)
+    torch.testing.assert_close(mirror_content(mirrored, contents), batch, rtol=0, atol=0)  # the padding rebuilt too
+    raws = batch[:, 0]  # [B, S, S] predictions mirror the same way
+    torch.testing.assert_close(mirror_content(raws, contents), mirrored[:, 0], rtol=0, atol=0)
+    assert torch.equal(mirror_content(batch, [(16, 16)] * 3), batch.flip(-1))
+
+
+def test_geometry_rejects_what_does_not_fit() -> None:
+    with pytest.raises(ValueError, match="processing"):
+        fit_size((10, 10), 16, "letterbox")
+    with pytest.raises(ValueError, match="does not fit"):
+        pad_to_canvas(np.zeros((17, 4)), 16)
+    with pytest.raises(ValueError, match="2 predictions but 1"):
+        crop_to_content(torch.zeros(2, 16, 16), [(4, 4)])
+    with pytest.raises(ValueError, match="larger than the prediction"):
+        crop_to_content(torch.zeros(1, 16, 16), [(17, 4)])
