@@ -1,9 +1,13 @@
 import json
 
+import numpy as np
+import pytest
 import torch
+from PIL import Image
 
 import models.conditioning
-from dataset.trans10k import Trans10kTrain, find_samples
+from dataset.trans10k import Trans10kEval, Trans10kTrain, eval_collate, find_samples
+from dataset.transforms import image_to_tensor, mirror_content, pad_to_canvas, tensor_to_image
 from demo.assets import CLIP_MAX_LENGTH
 from models.conditioning import conditioning_dtype, conditioning_path, encode_empty_prompt, load_empty_prompt_embeds
 from models.loading import load_base_transformer, load_frozen_vae, resolve_transformer_dir
@@ -150,3 +154,99 @@ def test_transformer_dir_accepts_output_dir_checkpoint_and_folder(tmp_path, tiny
         assert "nothing" in str(err)
     else:
         raise AssertionError("a folder without a transformer must fail")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Test-time augmentation (tta: hflip) and the content box (processing: keep_aspect)
+
+
+def eval_batch(tiny_assets, processing: str, size: int = 3) -> dict:
+    dataset = Trans10kEval(find_samples(tiny_assets["data"], "test"), 64, processing)
+    return eval_collate([dataset[i] for i in range(size)])
+
+
+class SymmetrisedPredictor(MaskPredictor):
+    """A mirror-symmetric model: each single pass averages the model on the image and on its mirror, mirrored back,
+    so raw_once(mirror(x)) == mirror(raw_once(x)) for the content sizes in ``sizes``."""
+
+    sizes: list = []
+
+    def raw_once(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        sizes = self.sizes * (len(pixel_values) // len(self.sizes))
+        plain = super().raw_once(pixel_values)
+        mirrored = super().raw_once(mirror_content(pixel_values, sizes))
+        return (plain + mirror_content(mirrored, sizes)) / 2
+
+
+def test_keep_aspect_batches_really_have_padding(tiny_assets):
+    sizes = eval_batch(tiny_assets, "keep_aspect")["content_size"]
+    assert all(max(size) == 64 for size in sizes) and any(min(size) < 64 for size in sizes)
+
+
+@pytest.mark.parametrize("processing", ["square", "keep_aspect"])
+def test_hflip_of_a_mirror_symmetric_model_equals_its_plain_prediction(tiny_assets, processing):
+    predictor = build_predictor(tiny_assets)
+    predictor.transformer.eval()
+    batch = eval_batch(tiny_assets, processing)
+    # One content size for the whole batch, so the symmetrised model is symmetric for every item it sees.
+    sizes = [batch["content_size"][0]] * 3
+    pixels = torch.stack([batch["pixel_values"][0]] * 3) + torch.linspace(-0.1, 0.1, 3)[:, None, None, None]
+    plain = SymmetrisedPredictor(*astuple_fields(predictor), tta="none")
+    plain.sizes = sizes
+    flipped = SymmetrisedPredictor(*astuple_fields(predictor), tta="hflip")
+    flipped.sizes = sizes
+    expected = plain.predict_content(pixels, sizes)
+    result = flipped.predict_content(pixels, sizes)
+    for got, want, (height, width) in zip(result, expected, sizes, strict=True):
+        assert got.shape == (height, width)
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+        # The prediction itself is not mirror-symmetric: forgetting to mirror back would fail the check above.
+        assert (want - want.flip(-1)).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("processing", ["square", "keep_aspect"])
+def test_hflip_of_a_model_is_the_mean_of_the_plain_and_the_mirrored_back_pass(tiny_assets, processing):
+    base = build_predictor(tiny_assets)
+    base.transformer.eval()
+    batch = eval_batch(tiny_assets, processing)
+    pixels, sizes = batch["pixel_values"], batch["content_size"]
+    # Two independent passes with tta none: the image, and its mirror (content box flipped, padding rebuilt by the
+    # dataset's own fitting of the mirrored image), the second mirrored back with a slice.
+    plain = base.predict_content(pixels, sizes)
+    mirrored_pixels = torch.stack(
+        [
+            image_to_tensor(Image.fromarray(pad_to_canvas(np.ascontiguousarray(image[:h, :w, :][:, ::-1]), 64)))
+            for image, (h, w) in zip((tensor_to_image(p) for p in pixels), sizes, strict=True)
+        ]
+    )
+    mirrored = [raw.flip(-1) for raw in base.predict_content(mirrored_pixels, sizes)]
+    expected = [(a + b) / 2 for a, b in zip(plain, mirrored, strict=True)]
+
+    calls = []
+    hflip = MaskPredictor(*astuple_fields(base), tta="hflip")
+    original = hflip.predict_latents
+    hflip.predict_latents = lambda latents: calls.append(latents.shape[0]) or original(latents)
+    result = hflip.predict_content(pixels, sizes)
+    assert calls == [2 * len(pixels)]  # one transformer call on the image and its mirror together
+    for got, want, plain_raw, (height, width) in zip(result, expected, plain, sizes, strict=True):
+        assert got.shape == (height, width)
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+        assert (got - plain_raw).abs().max() > 1e-3  # the mirror pass really contributes
+
+
+def test_predict_content_is_predict_raw_cut_to_each_box(tiny_assets):
+    predictor = build_predictor(tiny_assets)
+    predictor.transformer.eval()
+    batch = eval_batch(tiny_assets, "keep_aspect")
+    full = predictor.predict_raw(batch["pixel_values"], batch["content_size"])
+    assert full.shape == (3, 64, 64)
+    cropped = predictor.predict_content(batch["pixel_values"], batch["content_size"])
+    for raw, whole, (height, width) in zip(cropped, full, batch["content_size"], strict=True):
+        assert torch.equal(raw, whole[:height, :width])
+    with pytest.raises(ValueError, match="tta"):
+        MaskPredictor(*astuple_fields(predictor), tta="vflip")
+
+
+def astuple_fields(predictor: MaskPredictor) -> tuple:
+    """The predictor's models and conditioning, to build another with a different tta."""
+    return (predictor.vae, predictor.transformer, predictor.prompt_embeds, predictor.pooled_prompt_embeds, 1000.0)
