@@ -111,9 +111,10 @@ def warn_if_processing_differs(trained: dict, args, transformer_dir: Path, confi
     """Warn, naming both, when args.processing differs from the training run's. A warning, not an error: the weights
     run either way, and evaluating across processings is a measurement worth being able to make."""
     trained_with = trained.get("processing", PROCESSING_BEFORE_THE_KEY)
-    if trained_with != args.processing:
+    requested = getattr(args, "processing", PROCESSING_BEFORE_THE_KEY)  # the same rule for callers that predate it
+    if trained_with != requested:
         warnings.warn(
-            f"processing = {args.processing}, but {transformer_dir} was trained with processing = {trained_with} "
+            f"processing = {requested}, but {transformer_dir} was trained with processing = {trained_with} "
             f"({config_file}): the model sees differently laid-out images than in training and its scores may drop; "
             f"pass --processing {trained_with} to evaluate it as trained",
             ProcessingMismatchWarning,
