@@ -13,10 +13,11 @@ from launcher import tiny_overlay
 from PIL import Image
 
 import val_inference
-from dataset.trans10k import Trans10kEval, validate_split
-from dataset.transforms import mirror_content, valid_mask
+from dataset.trans10k import ImageFiles, Trans10kEval, validate_split
+from dataset.transforms import mirror_content, resize_raw, valid_mask
 from evaluation.image_writer import png_to_raw
-from models.segmenter import MaskPredictor
+from models.loading import ProcessingMismatchWarning
+from models.segmenter import MaskPredictor, load_predictor
 from utils.config import load_config
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -143,3 +144,14 @@ def test_predict_keep_aspect_hflip_writes_native_size_masks(trained, tmp_path, r
         for kind in ("mask", "raw", "overlay"):
             assert Image.open(out / f"{stem}_{kind}.png").size == size, (stem, kind)
         assert set(np.unique(np.array(Image.open(out / f"{stem}_mask.png")))) <= {0, 255}
+    # The same model run here on the keep_aspect canvas with hflip, cut to the box and resized to the native size:
+    # predict.py wrote exactly that (to the 8-bit step of its PNG), not a prediction of the squashed image.
+    args = load_config(["--config", str(trained), *KEEP_ASPECT_HFLIP])
+    with pytest.warns(ProcessingMismatchWarning):
+        predictor = load_predictor(args, args.output_dir, torch.device("cpu"), torch.float32)
+    images = ImageFiles(sorted(inputs.glob("*.png")), args.resolution, "keep_aspect")
+    for item in images:
+        raw = predictor.predict_content(item["pixel_values"][None], [item["content_size"]])[0]
+        expected = resize_raw(raw, item["image"].shape[:2])
+        written = png_to_raw(out / f"{item['stem']}_raw.png")
+        assert (written - expected).abs().max() <= 0.5 / 255 + 1e-6, item["stem"]
