@@ -74,7 +74,7 @@ def test_metrics_shape_files_and_rescoring_saved_predictions(trained, tmp_path, 
     assert result["threshold"] == 0.5
     assert set(result["subsets"]) == {"easy", "hard", "mix"}
     for summary in result["subsets"].values():
-        assert set(summary) == {"num_images", "per_image_mean", "dataset"}
+        assert set(summary) == {"num_images", "per_image_mean", "dataset", "per_image_iou"}
         for stat in ("per_image_mean", "dataset"):
             assert set(summary[stat]) == {"iou", "recall", "precision", "f1", "acc", "ber", "mae", "mse"}
     # Raw predictions are saved at each ground truth's native size.
