@@ -119,13 +119,18 @@ def read_class_map(path: str | Path) -> torch.Tensor:
     return torch.from_numpy(classes.copy())
 
 
+def _rounds_to(side: int, numerator: int, denominator: int) -> bool:
+    """side is numerator / denominator rounded down or up (exact integer arithmetic)."""
+    return numerator // denominator <= side <= -(-numerator // denominator)
+
+
 def _shape_problem(path: Path, size: Size, gt_size: Size, resolution: int) -> str | None:
     """Why a prediction of ``size`` (W, H) cannot be brought to a GT of ``gt_size``; None when it can."""
     (width, height), (gt_width, gt_height) = size, gt_size
     if size == gt_size or size == (resolution, resolution):
         return None
-    # A scaled copy of the GT: the other side matches the GT's aspect ratio to within a pixel of rounding.
-    if abs(height - width * gt_height / gt_width) <= 1 or abs(width - height * gt_width / gt_height) <= 1:
+    # A scaled copy of the GT: each side is the other scaled by the GT's aspect ratio, rounded down or up.
+    if _rounds_to(height, width * gt_height, gt_width) and _rounds_to(width, height * gt_width, gt_height):
         return None
     message = (
         f"{path} is {width}x{height} but its ground truth is {gt_width}x{gt_height}: another aspect ratio, "
