@@ -79,8 +79,8 @@ def test_each_protocol_scores_at_its_size_and_the_seed_thresholds_strictly():
 
 
 def test_predictions_from_files_keep_their_precision():
-    raw = torch.full((4, 4), 0.3)  # not a multiple of 1/255
+    raw = torch.full((4, 4), 0.31)  # not a multiple of 1/255: 79.05 / 255
     gt = torch.zeros(4, 4, dtype=torch.uint8)
     quantized, _ = scoring_pair(raw, gt, "native", 64)
     exact, _ = scoring_pair(raw, gt, "native", 64, quantize_raw=False)
-    assert torch.equal(exact, raw) and torch.allclose(quantized, torch.full((4, 4), 77 / 255))
+    assert torch.equal(exact, raw) and torch.allclose(quantized, torch.full((4, 4), 79 / 255))
