@@ -53,7 +53,7 @@ from evaluation.report import (
     write_metrics_md,
     write_per_image_csv,
 )
-from evaluation.scoring import score_batch
+from evaluation.scoring import TRANSLAB_SIDE, score_batch
 from evaluation.translab import (
     TranslabScore,
     binary_classes,
@@ -370,8 +370,9 @@ def main() -> None:
     samples = split_samples(args)
     class_maps = args.mask_classes == "things_stuff"
     # Every missing, unreadable or misshapen prediction is listed before anything is scored or written.
+    squares = (args.resolution, TRANSLAB_SIDE) if args.eval_protocol == "translab" else (args.resolution,)
     predictions = (
-        check_predictions(args.predictions_dir, samples, args.resolution, class_maps) if args.predictions_dir else None
+        check_predictions(args.predictions_dir, samples, squares, class_maps) if args.predictions_dir else None
     )
     accelerator, out_dir = set_up(args)
     loader, raw_source = build_loader(args, accelerator, samples), prediction_source(args, accelerator)

@@ -18,9 +18,9 @@ Any other mode (1-bit, palette, LA, 32-bit integer or float) is refused naming t
 
 Before scoring, ``check_predictions`` reads every header once and raises one ``PredictionError`` listing every
 missing file, unsupported mode and prediction whose shape cannot come from its ground truth (another aspect ratio,
-e.g. a rotated 93x124 for a 124x93 GT); a prediction at the GT's size, a scaled copy of it, or the model's square
-``resolution`` is resized to what the protocol scores at, as model outputs are. A file that fails to decode later
-(truncated data) raises ``PredictionError`` naming it.
+e.g. a rotated 93x124 for a 124x93 GT); a prediction at the GT's size, a scaled copy of it, or a square at the
+model's ``resolution`` (or 512 x 512 under the translab protocol) is resized to what the protocol scores at, as
+model outputs are. A file that fails to decode later (truncated data) raises ``PredictionError`` naming it.
 """
 
 from __future__ import annotations
@@ -124,17 +124,18 @@ def _rounds_to(side: int, numerator: int, denominator: int) -> bool:
     return numerator // denominator <= side <= -(-numerator // denominator)
 
 
-def _shape_problem(path: Path, size: Size, gt_size: Size, resolution: int) -> str | None:
+def _shape_problem(path: Path, size: Size, gt_size: Size, square_sides: Sequence[int]) -> str | None:
     """Why a prediction of ``size`` (W, H) cannot be brought to a GT of ``gt_size``; None when it can."""
     (width, height), (gt_width, gt_height) = size, gt_size
-    if size == gt_size or size == (resolution, resolution):
+    if size == gt_size or (width == height and width in square_sides):
         return None
     # A scaled copy of the GT: each side is the other scaled by the GT's aspect ratio, rounded down or up.
     if _rounds_to(height, width * gt_height, gt_width) and _rounds_to(width, height * gt_width, gt_height):
         return None
+    squares = " or ".join(f"{side}x{side}" for side in square_sides)
     message = (
         f"{path} is {width}x{height} but its ground truth is {gt_width}x{gt_height}: another aspect ratio, "
-        f"neither the GT's size, a scaled copy of it, nor the model's {resolution}x{resolution}"
+        f"neither the GT's size, a scaled copy of it, nor {squares} (the protocol's square)"
     )
     if size == gt_size[::-1]:
         message += "; rotated by 90 degrees? (check the EXIF orientation of the image it was predicted from)"
@@ -149,10 +150,13 @@ def _listed(problems: Sequence[str]) -> str:
 
 
 def check_predictions(
-    predictions_dir: str | Path, samples: Sequence[Sample], resolution: int, class_maps: bool
+    predictions_dir: str | Path, samples: Sequence[Sample], square_sides: Sequence[int], class_maps: bool
 ) -> dict:
     """Read every prediction's header; one PredictionError listing all problems, else what metrics.json records:
-    {"dir", "kind", "naming": {name: count}, "conversion": {mode: rule}, "images_per_mode": {mode: count}}."""
+    {"dir", "kind", "naming": {name: count}, "conversion": {mode: rule}, "images_per_mode": {mode: count}}.
+
+    ``square_sides``: the square sizes accepted besides the GT's aspect ratio (the model's resolution, and 512 under
+    the translab protocol)."""
     if not Path(predictions_dir).is_dir():
         raise PredictionError(f"predictions_dir {predictions_dir} is not a folder")
     problems: list[str] = []
@@ -173,7 +177,7 @@ def check_predictions(
         if not supported:
             problems.append(_unsupported(path, mode, class_maps))
             continue
-        shape_problem = _shape_problem(path, size, read_image_size(sample.mask_path), resolution)
+        shape_problem = _shape_problem(path, size, read_image_size(sample.mask_path), square_sides)
         if shape_problem:
             problems.append(shape_problem)
             continue

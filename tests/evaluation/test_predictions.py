@@ -102,7 +102,7 @@ def test_check_lists_every_problem_and_accepts_what_can_be_resized(tmp_path):
     Image.new("P", (10, 10)).save(preds / "hard" / "palette.png")
     Image.new("L", (10, 10)).save(preds / "hard" / "seed_named_pred.png")
     with pytest.raises(PredictionError) as error:
-        check_predictions(preds, samples, resolution=64, class_maps=False)
+        check_predictions(preds, samples, square_sides=(64,), class_maps=False)
     message = str(error.value)
     assert message.startswith("5 of 9 predictions")
     for listed in ("rotated.png is 93x124", "rotated by 90", "three_by_two.png is 3x2", "missing_a", "missing_b"):
@@ -112,13 +112,13 @@ def test_check_lists_every_problem_and_accepts_what_can_be_resized(tmp_path):
         assert fine not in message, fine
 
     ok = [s for s in samples if s.stem in ("same", "scaled", "square", "seed_named")]
-    info = check_predictions(preds, ok, resolution=64, class_maps=False)
+    info = check_predictions(preds, ok, square_sides=(64,), class_maps=False)
     assert info["conversion"] == {"L": "value / 255", "RGB": "mean(R, G, B) / 255"}
     assert info["images_per_mode"] == {"L": 3, "RGB": 1}
     assert info["naming"] == {"<stem>.png": 3, "<stem>_pred.png": 1}
     assert info["kind"] == "raw"
     with pytest.raises(PredictionError, match="mode RGB; class maps"):
-        check_predictions(preds, ok, resolution=64, class_maps=True)
+        check_predictions(preds, ok, square_sides=(64,), class_maps=True)
 
 
 def test_a_stem_with_both_names_is_refused(tmp_path):

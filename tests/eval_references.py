@@ -1,4 +1,4 @@
-"""Independent plain-numpy implementations the evaluation tests compare against (imported by test modules).
+"""Independent plain-numpy implementations the evaluation tests compare against (tests/ is on sys.path: conftest).
 
 Written from the published definitions, in a different way from the code under test:
 
