@@ -78,7 +78,17 @@ def test_metrics_shape_files_and_rescoring_saved_predictions(trained, tmp_path, 
     for summary in result["subsets"].values():
         assert set(summary) == {"num_images", "per_image_mean", "dataset", "per_image_iou"}
         for stat in ("per_image_mean", "dataset"):
-            assert set(summary[stat]) == {"iou", "recall", "precision", "f1", "acc", "ber", "mae", "mse"}
+            assert set(summary[stat]) == {
+                "iou",
+                "recall",
+                "precision",
+                "f1",
+                "acc",
+                "ber",
+                "mae",
+                "mse",
+                "boundary_iou",
+            }
     # Raw predictions are saved at each ground truth's native size.
     for mask_path in (Path(tiny_assets["data"]) / "test" / "hard" / "masks").glob("*_mask.png"):
         stem = mask_path.name[: -len("_mask.png")]
