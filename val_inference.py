@@ -219,26 +219,25 @@ def with_translab_gt(batch: dict, by_key: dict[tuple[str, str], Sample]) -> dict
 
 
 def translab_scores(
-    batch: dict, class_maps: list[torch.Tensor] | None, scored: list[torch.Tensor], gts: list[torch.Tensor], threshold
+    batch: dict,
+    class_maps: list[torch.Tensor] | None,
+    scored: list[torch.Tensor],
+    gts: list[torch.Tensor],
+    threshold: float,
 ) -> list[TranslabScore]:
     """Per-image TransLab confusion matrices at 512 x 512: 3-class from class maps, else the two-class version from
     the binary prediction exactly as scored (raw resized to 512, thresholded) against GT classes > 0."""
-    result = []
-    for i, (stem, subset) in enumerate(zip(batch["stem"], batch["subset"], strict=True)):
-        if class_maps is not None:
-            gt, predicted, classes = (
-                resize_classes(batch["gt_classes"][i]),
-                resize_classes(class_maps[i]),
-                "things_stuff",
-            )
-        else:
-            gt, predicted, classes = (
-                gts[i].cpu().numpy().astype(np.uint8),
-                binary_classes(scored[i], threshold),
-                "binary",
-            )
-        result.append(score_translab(gt, predicted, classes, stem, subset))
-    return result
+    keys = list(zip(batch["stem"], batch["subset"], strict=True))
+    if class_maps is not None:
+        pairs = [
+            (resize_classes(gt), resize_classes(m)) for gt, m in zip(batch["gt_classes"], class_maps, strict=True)
+        ]
+        return [score_translab(gt, m, "things_stuff", *key) for (gt, m), key in zip(pairs, keys, strict=True)]
+    pairs = [
+        (gt.cpu().numpy().astype(np.uint8), binary_classes(raw, threshold))
+        for gt, raw in zip(gts, scored, strict=True)
+    ]
+    return [score_translab(gt, predicted, "binary", *key) for (gt, predicted), key in zip(pairs, keys, strict=True)]
 
 
 @dataclass

@@ -139,6 +139,16 @@ def test_vae_oracle_and_threshold_sweep_on_validation(trained, tmp_path, run):
     assert sweep["best_iou"] >= max(iou for _, iou in sweep["points"]) - 1e-12
 
 
+def test_a_model_under_the_translab_protocol_gets_the_two_class_version(trained, tmp_path, run):
+    quick = ["--save_raw_predictions", "false", "--num_worst_panels", "0", "--num_sample_panels", "0"]
+    evaluate(run, trained, tmp_path / "translab", "--eval_protocol", "translab", *quick)
+    result = metrics(tmp_path / "translab")
+    assert result["protocol"] == "translab" and result["mask_classes"] == "binary"
+    for summary in result["subsets"].values():
+        assert summary["translab"]["classes"] == "binary"
+        assert summary["translab"]["iou_transparent"] == pytest.approx(summary["dataset"]["iou"], rel=1e-12)
+
+
 def test_predict_keeps_native_size_of_rotated_odd_sized_images(trained, tmp_path, run):
     inputs = tmp_path / "inputs"
     inputs.mkdir()
