@@ -4,7 +4,8 @@
 
 Images are sharded over the processes and the per-image results gathered exactly, so 1 and N processes write the
 same metrics.json. Writes metrics.json, metrics.md, per_image.csv, raw/<subset>/<stem>.png, panels/ and the run
-snapshot (config.yaml, run_info.json).
+snapshot (config.yaml, run_info.json). Protocols: native, square, seed and translab (evaluation.scoring,
+evaluation.translab); saved predictions of any method are read by evaluation.predictions.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,12 +23,45 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from dataset.trans10k import Sample, Trans10kEval, eval_collate, load_image, load_mask_grey, validate_split
+from dataset.trans10k import (
+    SUBSETS,
+    DatasetError,
+    Sample,
+    Trans10kEval,
+    eval_collate,
+    load_image,
+    load_mask_grey,
+    validate_split,
+)
 from dataset.transforms import crop_to_content, resize_raw
 from evaluation.image_writer import BackgroundImageWriter, png_to_raw, raw_to_png_array, render_panel
-from evaluation.metrics import ImageScore, summarize_subsets, sweep_histogram, threshold_sweep, worst_k
-from evaluation.report import format_summary_table, write_metrics_json, write_metrics_md, write_per_image_csv
-from evaluation.scoring import score_batch
+from evaluation.metrics import (
+    DEFAULT_THRESHOLD,
+    ImageScore,
+    summarize_subsets,
+    sweep_histogram,
+    threshold_sweep,
+    worst_k,
+)
+from evaluation.predictions import check_predictions, prediction_path, read_class_map, read_prediction
+from evaluation.report import (
+    format_iou_distribution_table,
+    format_summary_table,
+    format_translab_table,
+    protocol_note,
+    write_metrics_json,
+    write_metrics_md,
+    write_per_image_csv,
+)
+from evaluation.scoring import TRANSLAB_SIDE, score_batch
+from evaluation.translab import (
+    TranslabScore,
+    binary_classes,
+    resize_classes,
+    score_translab,
+    summarize_translab_subsets,
+    translab_gt_classes,
+)
 from models.loading import inference_dtype, load_frozen_vae, resolve_transformer_dir
 from models.lora import LORA_DIR
 from models.segmenter import decode_raw_mask, encode_latents, load_predictor
@@ -94,11 +129,54 @@ def build_loader(
     return accelerator.prepare(loader)  # shards the images; gather_for_metrics drops the padding duplicates
 
 
+def check_eval_settings(args: argparse.Namespace) -> None:
+    """Exit 2 with the reason for settings val_inference.py cannot honour (config.yaml's checks come first)."""
+    problems = []
+    if args.mask_classes == "things_stuff" and not args.predictions_dir:
+        problems.append(
+            "mask_classes things_stuff is implemented for scoring class maps with --predictions_dir only: a model "
+            "(or the VAE oracle) that predicts things and stuff is not implemented yet; use mask_classes binary"
+        )
+    if args.eval_protocol == "seed" and args.threshold != DEFAULT_THRESHOLD:
+        problems.append(
+            f"eval_protocol seed thresholds at raw > {DEFAULT_THRESHOLD}, as the seed's code does; got threshold "
+            f"{args.threshold} (use another protocol to score at other thresholds)"
+        )
+    if problems:
+        print(f"val_inference.py: error: {'; '.join(problems)}", file=sys.stderr)
+        sys.exit(2)
+
+
+def split_samples(args: argparse.Namespace) -> list[Sample]:
+    """validate_split, and when a requested subset folder is missing, which --subsets would work."""
+    try:
+        return validate_split(args.dataset_path, args.split, args.subsets)
+    except DatasetError as error:
+        split_dir = Path(args.dataset_path) / args.split
+        present = [subset for subset in SUBSETS if (split_dir / subset).is_dir()]
+        if present and any(subset not in present for subset in args.subsets):
+            hint = f"only {', '.join(present)} exist(s) under {split_dir}: evaluate with --subsets {','.join(present)}"
+            raise DatasetError(f"{error}\n{hint}") from error
+        raise
+
+
 def load_prediction(predictions_dir: str, subset: str, stem: str) -> torch.Tensor:
-    path = Path(predictions_dir) / subset / f"{stem}.png"
-    if not path.is_file():
-        raise FileNotFoundError(f"missing prediction {path}: expected <predictions_dir>/<subset>/<stem>.png")
-    return png_to_raw(path)
+    """A raw prediction in [0, 1] from DIR/<subset>/<stem>.png (or the seed's <stem>_pred.png), by its PNG mode."""
+    return read_prediction(prediction_path(predictions_dir, subset, stem))
+
+
+def load_class_map(predictions_dir: str, subset: str, stem: str) -> torch.Tensor:
+    """A uint8 class map 0/1/2 from DIR/<subset>/<stem>.png (mask_classes things_stuff)."""
+    return read_class_map(prediction_path(predictions_dir, subset, stem))
+
+
+def prediction_source(args: argparse.Namespace, accelerator: Accelerator) -> Callable[[dict], list | torch.Tensor]:
+    """batch -> class maps for things_stuff predictions; otherwise build_raw_source's raw masks."""
+    if args.predictions_dir and args.mask_classes == "things_stuff":
+        return lambda batch: [
+            load_class_map(args.predictions_dir, *key) for key in zip(batch["subset"], batch["stem"], strict=True)
+        ]
+    return build_raw_source(args, accelerator)
 
 
 def build_raw_source(args: argparse.Namespace, accelerator: Accelerator) -> Callable[[dict], list | torch.Tensor]:
@@ -140,32 +218,82 @@ def sweep_histograms(raws: Sequence[torch.Tensor], gts: Sequence[torch.Tensor], 
     return torch.stack([sweep_histogram(raw, gt) for raw, gt in zip(raws, gts, strict=True)]).to(device)
 
 
+def with_translab_gt(batch: dict, by_key: dict[tuple[str, str], Sample]) -> dict:
+    """The batch with gt_classes read by TransLab's rule (RGB mean 0/85/255 -> 0/1/2, anything else an error)."""
+    keys = zip(batch["subset"], batch["stem"], strict=True)
+    return {**batch, "gt_classes": [torch.from_numpy(translab_gt_classes(by_key[key].mask_path)) for key in keys]}
+
+
+def translab_scores(
+    batch: dict,
+    class_maps: list[torch.Tensor] | None,
+    scored: list[torch.Tensor],
+    gts: list[torch.Tensor],
+    threshold: float,
+) -> list[TranslabScore]:
+    """Per-image TransLab confusion matrices at 512 x 512: 3-class from class maps, else the two-class version from
+    the binary prediction exactly as scored (raw resized to 512, thresholded) against GT classes > 0."""
+    keys = list(zip(batch["stem"], batch["subset"], strict=True))
+    if class_maps is not None:
+        pairs = [
+            (resize_classes(gt), resize_classes(m)) for gt, m in zip(batch["gt_classes"], class_maps, strict=True)
+        ]
+        return [score_translab(gt, m, "things_stuff", *key) for (gt, m), key in zip(pairs, keys, strict=True)]
+    pairs = [
+        (gt.cpu().numpy().astype(np.uint8), binary_classes(raw, threshold))
+        for gt, raw in zip(gts, scored, strict=True)
+    ]
+    return [score_translab(gt, predicted, "binary", *key) for (gt, predicted), key in zip(pairs, keys, strict=True)]
+
+
+@dataclass
+class SplitScores:
+    scores: list[ImageScore]  # every image, gathered from every process
+    histogram: torch.Tensor | None  # the pooled threshold-sweep histogram, with threshold_sweep
+    translab: list[TranslabScore]  # per-image confusion matrices, under eval_protocol translab
+
+
 def score_split(
     args: argparse.Namespace,
     accelerator: Accelerator,
     loader: torch.utils.data.DataLoader,
     raw_source: Callable[[dict], list | torch.Tensor],
     out_dir: Path,
-) -> tuple[list[ImageScore], torch.Tensor | None]:
-    """The scoring loop: every process's scores gathered, and with threshold_sweep the pooled sweep histogram.
+    samples: list[Sample],
+) -> SplitScores:
+    """The scoring loop: every process's scores gathered, with threshold_sweep the pooled sweep histogram, and under
+    the translab protocol the TransLab confusion matrices.
 
-    raw/ PNGs are written on the way; on return every rank's are on disk."""
+    raw/ PNGs are written on the way; on return every rank's are on disk. Model outputs are scored as the 8-bit values
+    raw/ stores; saved predictions at the precision of their files. Class maps (mask_classes things_stuff) give the
+    binary metrics through class > 0."""
+    by_key = {(s.subset, s.stem): s for s in samples}
     scores: list[ImageScore] = []
     histograms: list[torch.Tensor] = []
+    translab: list[TranslabScore] = []
+    class_maps_given = args.mask_classes == "things_stuff"
     progress = tqdm(loader, desc=f"{args.split}", disable=not accelerator.is_local_main_process)
     with BackgroundImageWriter() as writer, torch.inference_mode():  # PNG encoding never blocks the GPU
         for batch in progress:
-            batch_scores, raws, gts = score_batch(
-                raw_source(batch), batch, args.threshold, args.eval_protocol, args.resolution
+            if args.eval_protocol == "translab":
+                batch = with_translab_gt(batch, by_key)
+            outputs = raw_source(batch)
+            class_maps = list(outputs) if class_maps_given else None
+            raws = [(c > 0).float() for c in class_maps] if class_maps is not None else outputs
+            batch_scores, scored, gts = score_batch(
+                raws, batch, args.threshold, args.eval_protocol, args.resolution, quantize_raw=not args.predictions_dir
             )
             if args.save_raw_predictions:
-                save_raws(writer, out_dir, batch_scores, raws, batch["gt_classes"])
+                save_raws(writer, out_dir, batch_scores, scored, batch["gt_classes"])
             scores += accelerator.gather_for_metrics(batch_scores, use_gather_object=True)
+            if args.eval_protocol == "translab":
+                batch_translab = translab_scores(batch, class_maps, scored, gts, args.threshold)
+                translab += accelerator.gather_for_metrics(batch_translab, use_gather_object=True)
             if args.threshold_sweep:
-                batch_histograms = sweep_histograms(raws, gts, accelerator.device)
+                batch_histograms = sweep_histograms(scored, gts, accelerator.device)
                 histograms.append(accelerator.gather_for_metrics(batch_histograms).cpu())
     accelerator.wait_for_everyone()  # every rank's PNGs are on disk before panels read them
-    return scores, torch.cat(histograms).sum(0) if args.threshold_sweep else None
+    return SplitScores(scores, torch.cat(histograms).sum(0) if args.threshold_sweep else None, translab)
 
 
 def write_panels(args: argparse.Namespace, out_dir: Path, samples: list[Sample], scores: list[ImageScore]) -> None:
@@ -191,40 +319,48 @@ class Report:
 
 
 def write_reports(
-    args: argparse.Namespace,
-    out_dir: Path,
-    samples: list[Sample],
-    scores: list[ImageScore],
-    histogram: torch.Tensor | None,
+    args: argparse.Namespace, out_dir: Path, samples: list[Sample], result: SplitScores, predictions: dict | None
 ) -> Report:
-    """metrics.json, metrics.md, per_image.csv and the panels; on the main process only."""
-    summary, ceiling = summarize_subsets(scores), oracle_summary(args)
+    """metrics.json, metrics.md, per_image.csv and the panels; on the main process only.
+
+    Under the translab protocol each subset's summary gets a "translab" entry; with --predictions_dir, metrics.json
+    says under "predictions" how the files were read (conversion per PNG mode, naming)."""
+    summary, ceiling = summarize_subsets(result.scores), oracle_summary(args)
+    if result.translab:
+        for subset, translab_summary in summarize_translab_subsets(result.translab).items():
+            summary[subset]["translab"] = translab_summary
     extra = {
         "split": args.split,
         "protocol": args.eval_protocol,
         "resolution": args.resolution,
+        "mask_classes": args.mask_classes,
         "source": "predictions" if args.predictions_dir else args.oracle or "model",
     }
-    if histogram is not None:
-        extra["threshold_sweep"] = threshold_sweep(histogram).to_dict()
+    if predictions is not None:
+        extra["predictions"] = predictions
+    if result.histogram is not None:
+        extra["threshold_sweep"] = threshold_sweep(result.histogram).to_dict()
     write_metrics_json(out_dir / "metrics.json", args.threshold, summary, extra)
     write_metrics_md(
         out_dir / "metrics.md",
         summary,
         title=f"Trans10k {args.split} ({extra['source']})",
-        protocol_note=f"protocol: {args.eval_protocol}, {args.resolution} px, threshold {args.threshold}",
+        protocol_note=protocol_note(args.eval_protocol, args.resolution, args.threshold),
         oracle_summary=ceiling,
         oracle_label="VAE round-trip ceiling",
     )
-    write_per_image_csv(out_dir / "per_image.csv", scores)
+    write_per_image_csv(out_dir / "per_image.csv", result.scores)
     if args.save_raw_predictions:
-        write_panels(args, out_dir, samples, scores)
+        write_panels(args, out_dir, samples, result.scores)
     return Report(summary, ceiling, extra)
 
 
 def print_report(args: argparse.Namespace, out_dir: Path, report: Report) -> None:
     """The summary tables, the VAE ceiling beside them when there is one, and the threshold sweep, on stdout."""
     print(format_summary_table(report.summary))
+    print(format_iou_distribution_table(report.summary))
+    if "translab" in report.summary["mix"]:
+        print(format_translab_table(report.summary))
     if report.ceiling is not None:
         print("\nVAE round-trip ceiling (GT mask -> encode -> decode), same split and protocol:")
         print(format_summary_table(report.ceiling))
@@ -235,12 +371,19 @@ def print_report(args: argparse.Namespace, out_dir: Path, report: Report) -> Non
 
 def main() -> None:
     args = load_config()
+    check_eval_settings(args)
+    samples = split_samples(args)
+    class_maps = args.mask_classes == "things_stuff"
+    # Every missing, unreadable or misshapen prediction is listed before anything is scored or written.
+    squares = (args.resolution, TRANSLAB_SIDE) if args.eval_protocol == "translab" else (args.resolution,)
+    predictions = (
+        check_predictions(args.predictions_dir, samples, squares, class_maps) if args.predictions_dir else None
+    )
     accelerator, out_dir = set_up(args)
-    samples = validate_split(args.dataset_path, args.split, args.subsets)
-    loader, raw_source = build_loader(args, accelerator, samples), build_raw_source(args, accelerator)
-    scores, histogram = score_split(args, accelerator, loader, raw_source, out_dir)
+    loader, raw_source = build_loader(args, accelerator, samples), prediction_source(args, accelerator)
+    result = score_split(args, accelerator, loader, raw_source, out_dir, samples)
     if accelerator.is_main_process:
-        print_report(args, out_dir, write_reports(args, out_dir, samples, scores, histogram))
+        print_report(args, out_dir, write_reports(args, out_dir, samples, result, predictions))
     accelerator.end_training()
 
 

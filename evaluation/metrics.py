@@ -6,13 +6,18 @@ Definitions (the README prints the same text):
   binary prediction = ``raw >= threshold`` (default 0.5).
 - Per image, from the counts TP, FP, FN, TN: iou = TP/(TP+FP+FN); recall = TP/(TP+FN); precision = TP/(TP+FP);
   f1 = 2TP/(2TP+FP+FN); acc = (TP+TN)/all; ber = 1 - (TPR+TNR)/2 with TPR = recall, TNR = TN/(TN+FP);
-  mae = mean |raw - gt|; mse = mean (raw - gt)^2. A ratio whose denominator is 0 is 1.0 (its numerator is then 0
-  too: an empty mask predicted empty is perfect, never NaN).
+  mae = mean |raw - gt|; mse = mean (raw - gt)^2; boundary_iou = Boundary IoU (``evaluation.boundary``: the IoU of
+  the pixels of each mask within 2% of the image diagonal of its contour). A ratio whose denominator is 0 is 1.0
+  (its numerator is then 0 too: an empty mask predicted empty is perfect, never NaN).
 - ``per_image_mean``: mean over images of the per-image metrics. ``dataset``: the same formulas applied to counts
   and error sums pooled over all pixels of all images.
 - Scoring happens at each ground truth's native size (``evaluation.scoring``: ``dataset.transforms.resize_raw``
-  brings a prediction there before thresholding); the square protocol resizes the ground truth to the model's
-  resolution instead.
+  brings a prediction there before thresholding); the square and seed protocols resize the ground truth to the
+  model's resolution instead, the translab protocol to 512 x 512. The seed protocol thresholds with ``raw > 0.5``
+  (``strict``), as the seed's ``quantize_prediction`` does; every other protocol with ``raw >= threshold``.
+- ``per_image_iou`` (in every summary): quantiles of the per-image IoU and the share of images below 0.4, so a mean
+  over a filtered subset of images (the seed's ``proccess_metrics.py`` averages only images with IoU >= 0.4) can be
+  recognised and reproduced.
 
 Counting happens in float64 on the prediction's device (error sums are fractional; pixel counts stay exact up to
 2**53) and comes back to the host as python ints and floats in an ``ImageScore``.
@@ -31,7 +36,9 @@ from dataclasses import dataclass
 
 import torch
 
-METRIC_NAMES = ("iou", "recall", "precision", "f1", "acc", "ber", "mae", "mse")
+from evaluation.boundary import boundary_counts
+
+METRIC_NAMES = ("iou", "recall", "precision", "f1", "acc", "ber", "mae", "mse", "boundary_iou")
 # Metrics where a larger value is worse (used to pick the worst images).
 LOWER_IS_BETTER = frozenset({"ber", "mae", "mse"})
 DEFAULT_THRESHOLD = 0.5
@@ -45,15 +52,25 @@ def _ratio(numerator: int, denominator: int) -> float:
 
 
 def metrics_from_counts(
-    tp: int, fp: int, fn: int, tn: int, abs_err: float, sq_err: float, num_pixels: int
+    tp: int,
+    fp: int,
+    fn: int,
+    tn: int,
+    abs_err: float,
+    sq_err: float,
+    num_pixels: int,
+    boundary_intersection: int,
+    boundary_union: int,
 ) -> dict[str, float]:
-    """Every metric in METRIC_NAMES from confusion counts and error sums over ``num_pixels`` pixels."""
+    """Every metric in METRIC_NAMES from confusion counts, error sums and boundary-region counts."""
     if min(tp, fp, fn, tn) < 0:
         raise ValueError(f"counts must be non-negative, got tp={tp} fp={fp} fn={fn} tn={tn}")
     if tp + fp + fn + tn != num_pixels:
         raise ValueError(f"tp+fp+fn+tn = {tp + fp + fn + tn} but num_pixels = {num_pixels}")
     if num_pixels <= 0:
         raise ValueError(f"num_pixels must be positive, got {num_pixels}")
+    if not 0 <= boundary_intersection <= boundary_union:
+        raise ValueError(f"boundary counts must satisfy 0 <= {boundary_intersection} <= {boundary_union}")
     recall = _ratio(tp, tp + fn)
     true_negative_rate = _ratio(tn, tn + fp)
     return {
@@ -65,6 +82,7 @@ def metrics_from_counts(
         "ber": 1.0 - (recall + true_negative_rate) / 2.0,
         "mae": abs_err / num_pixels,
         "mse": sq_err / num_pixels,
+        "boundary_iou": _ratio(boundary_intersection, boundary_union),
     }
 
 
@@ -82,13 +100,25 @@ class ImageScore:
     tn: int
     abs_err: float  # sum over pixels of |raw - gt|
     sq_err: float  # sum over pixels of (raw - gt)^2
+    boundary_intersection: int  # pixels in both boundary regions (evaluation.boundary)
+    boundary_union: int  # pixels in either boundary region
 
     @property
     def num_pixels(self) -> int:
         return self.height * self.width
 
     def metrics(self) -> dict[str, float]:
-        return metrics_from_counts(self.tp, self.fp, self.fn, self.tn, self.abs_err, self.sq_err, self.num_pixels)
+        return metrics_from_counts(
+            self.tp,
+            self.fp,
+            self.fn,
+            self.tn,
+            self.abs_err,
+            self.sq_err,
+            self.num_pixels,
+            self.boundary_intersection,
+            self.boundary_union,
+        )
 
 
 def binarize_gt(mask: torch.Tensor) -> torch.Tensor:
@@ -116,24 +146,31 @@ def check_raw_range(raw: torch.Tensor) -> None:
         raise ValueError(f"raw predictions must lie in [0, 1], got min {low} max {high}")
 
 
-def _sums(raw: torch.Tensor, gt_binary: torch.Tensor, threshold: float) -> list[float]:
-    """[tp, fp, fn, tn, abs_err, sq_err] of one image (raw and gt [H, W]), summed in float64 on raw's device."""
+def _sums(raw: torch.Tensor, gt_binary: torch.Tensor, threshold: float, strict: bool) -> list[float]:
+    """[tp, fp, fn, tn, abs_err, sq_err, boundary_intersection, boundary_union] of one image (raw and gt [H, W]),
+    summed in float64 on raw's device."""
     if not raw.is_floating_point():
         raise TypeError(f"raw must be a float tensor in [0, 1], got dtype {raw.dtype}")
     raw = _float64_device(raw.detach()).to(torch.float64)  # float64 so error sums do not drift
     gt = binarize_gt(gt_binary.detach()).to(raw.device)
     check_raw_range(raw)
-    predicted = raw >= threshold
+    predicted = raw > threshold if strict else raw >= threshold
     counts = [predicted & gt, predicted & ~gt, ~predicted & gt, ~predicted & ~gt]  # tp, fp, fn, tn
     error = raw - gt.to(torch.float64)
     sums = [*(c.sum().to(torch.float64) for c in counts), error.abs().sum(), error.square().sum()]
-    return torch.stack(sums).tolist()  # one transfer; float64 counts are exact up to 2**53 pixels
+    return torch.stack(sums).tolist() + list(boundary_counts(predicted, gt))  # float64 counts: exact up to 2**53
 
 
 def score_image(
-    raw: torch.Tensor, gt_binary: torch.Tensor, threshold: float = DEFAULT_THRESHOLD, stem: str = "", subset: str = ""
+    raw: torch.Tensor,
+    gt_binary: torch.Tensor,
+    threshold: float = DEFAULT_THRESHOLD,
+    stem: str = "",
+    subset: str = "",
+    strict: bool = False,
 ) -> ImageScore:
     """Score one image: raw float [H, W] in [0, 1] and gt [H, W] (bool, or any dtype where non-zero = foreground).
+    The binary prediction is ``raw >= threshold``, or ``raw > threshold`` when ``strict`` (the seed protocol).
 
     Both must already be at the size scored at: the GT's native size under the native protocol (see
     ``evaluation.scoring.scoring_pair``); [1, H, W] is accepted too. Works on any device; two small host transfers
@@ -142,10 +179,12 @@ def score_image(
     if raw.shape != gt_binary.shape:
         raise ValueError(f"raw shape {tuple(raw.shape)} differs from gt shape {tuple(gt_binary.shape)}")
     raw_2d, gt_2d = _as_image_2d(raw, "raw"), _as_image_2d(gt_binary, "gt_binary")
-    tp, fp, fn, tn, abs_err, sq_err = _sums(raw_2d, gt_2d, threshold)
+    tp, fp, fn, tn, abs_err, sq_err, boundary_intersection, boundary_union = _sums(raw_2d, gt_2d, threshold, strict)
     height, width = raw_2d.shape
     counts = (round(tp), round(fp), round(fn), round(tn))
-    return ImageScore(stem, subset, int(height), int(width), *counts, abs_err, sq_err)
+    return ImageScore(
+        stem, subset, int(height), int(width), *counts, abs_err, sq_err, boundary_intersection, boundary_union
+    )
 
 
 def _pooled_metrics(scores: Sequence[ImageScore]) -> dict[str, float]:
@@ -158,6 +197,8 @@ def _pooled_metrics(scores: Sequence[ImageScore]) -> dict[str, float]:
         math.fsum(s.abs_err for s in scores),
         math.fsum(s.sq_err for s in scores),
         sum(s.num_pixels for s in scores),
+        sum(s.boundary_intersection for s in scores),
+        sum(s.boundary_union for s in scores),
     )
 
 
@@ -166,11 +207,42 @@ def _per_image_mean(scores: Sequence[ImageScore]) -> dict[str, float]:
     return {name: math.fsum(m[name] for m in per_image) / len(per_image) for name in METRIC_NAMES}
 
 
+# Quantiles of the per-image IoU distribution reported in every summary, and the seed's filter: its
+# proccess_metrics.py averages only the images whose IoU is >= 0.4.
+IOU_QUANTILES = {"min": 0.0, "p05": 0.05, "p10": 0.1, "p25": 0.25, "median": 0.5, "p75": 0.75, "p90": 0.9, "max": 1.0}
+LOW_IOU = 0.4
+
+
+def quantile(sorted_values: Sequence[float], q: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default "linear" method) of already sorted values."""
+    position = q * (len(sorted_values) - 1)
+    low = math.floor(position)
+    high = min(low + 1, len(sorted_values) - 1)
+    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (position - low)
+
+
+def iou_distribution(scores: Sequence[ImageScore]) -> dict:
+    """Quantiles of the per-image IoU, the share (and count) of images below LOW_IOU, and the mean over the others."""
+    ious = sorted(s.metrics()["iou"] for s in scores)
+    kept = [iou for iou in ious if iou >= LOW_IOU]
+    return {
+        "quantiles": {name: quantile(ious, q) for name, q in IOU_QUANTILES.items()},
+        "num_below_0.4": len(ious) - len(kept),
+        "share_below_0.4": (len(ious) - len(kept)) / len(ious),
+        "mean_of_images_at_least_0.4": math.fsum(kept) / len(kept) if kept else None,
+    }
+
+
 def summarize(scores: Sequence[ImageScore]) -> dict:
-    """{"num_images": N, "per_image_mean": {metric: value}, "dataset": {metric: value}} over ``scores``."""
+    """{"num_images": N, "per_image_mean": {metric: value}, "dataset": {metric: value}, "per_image_iou": {...}}."""
     if not scores:
         raise ValueError("cannot summarize zero images")
-    return {"num_images": len(scores), "per_image_mean": _per_image_mean(scores), "dataset": _pooled_metrics(scores)}
+    return {
+        "num_images": len(scores),
+        "per_image_mean": _per_image_mean(scores),
+        "dataset": _pooled_metrics(scores),
+        "per_image_iou": iou_distribution(scores),
+    }
 
 
 def summarize_subsets(scores: Sequence[ImageScore]) -> dict[str, dict]:

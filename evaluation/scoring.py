@@ -11,6 +11,9 @@ from PIL import Image
 from dataset.transforms import MASK_RESAMPLE, resize_raw
 from evaluation.metrics import ImageScore, binarize_gt, score_image
 
+PROTOCOLS = ("native", "square", "seed", "translab")
+TRANSLAB_SIDE = 512  # TransLab's evaluation resizes ground truth and prediction to 512 x 512 (TRAIN.BASE_SIZE)
+
 
 def gt_binary_at(gt_classes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Binary ground truth (any non-zero class) at `size` (H, W), on the input's device.
@@ -32,27 +35,46 @@ def quantize(raw: torch.Tensor) -> torch.Tensor:
     return (raw.float() * 255).round() / 255
 
 
-def scoring_pair(
-    raw: torch.Tensor, gt_classes: torch.Tensor, protocol: str, resolution: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(raw, gt_binary) at the size a protocol scores at.
+def scored_size(protocol: str, gt_size: tuple[int, int], resolution: int) -> tuple[int, int]:
+    """(H, W) a protocol scores at: the GT's own size (native), the model's square (square, seed), 512 (translab)."""
+    if protocol == "native":
+        return gt_size
+    if protocol in ("square", "seed"):
+        return (resolution, resolution)
+    if protocol == "translab":
+        return (TRANSLAB_SIDE, TRANSLAB_SIDE)
+    raise ValueError(f"unknown eval_protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
 
-    "native": the raw prediction is resized (bilinear) to the ground truth's own size, then thresholded.
-    "square": the ground truth is resized (PIL nearest) to resolution x resolution, the seed project's protocol.
+
+def scoring_pair(
+    raw: torch.Tensor, gt_classes: torch.Tensor, protocol: str, resolution: int, quantize_raw: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(raw, gt_binary) at the size a protocol scores at (``scored_size``).
+
+    The raw prediction is resized bilinearly (``resize_raw``) and the ground truth with PIL nearest, each only when
+    not at that size already. ``quantize_raw`` scores the 8-bit values raw/ stores (model outputs); predictions read
+    from files are scored at the precision of their file instead (16-bit, RGB mean).
     """
-    size = tuple(gt_classes.shape) if protocol == "native" else (resolution, resolution)
+    size = scored_size(protocol, tuple(gt_classes.shape), resolution)
     raw = raw if tuple(raw.shape) == size else resize_raw(raw, size)
-    return quantize(raw), gt_binary_at(gt_classes, size).to(raw.device)
+    raw = quantize(raw) if quantize_raw else raw.float()
+    return raw, gt_binary_at(gt_classes, size).to(raw.device)
 
 
 def score_batch(
-    raws: torch.Tensor | Sequence[torch.Tensor], batch: dict, threshold: float, protocol: str, resolution: int
+    raws: torch.Tensor | Sequence[torch.Tensor],
+    batch: dict,
+    threshold: float,
+    protocol: str,
+    resolution: int,
+    quantize_raw: bool = True,
 ) -> tuple[list[ImageScore], list[torch.Tensor], list[torch.Tensor]]:
-    """Per-image scores plus the (raw, gt_binary) pairs exactly as scored."""
+    """Per-image scores plus the (raw, gt_binary) pairs exactly as scored. The seed protocol thresholds strictly."""
     scores, scored_raws, gts = [], [], []
     for i, gt_classes in enumerate(batch["gt_classes"]):
-        raw, gt = scoring_pair(raws[i], gt_classes, protocol, resolution)
-        scores.append(score_image(raw, gt, threshold, batch["stem"][i], batch["subset"][i]))
+        raw, gt = scoring_pair(raws[i], gt_classes, protocol, resolution, quantize_raw)
+        strict = protocol == "seed"
+        scores.append(score_image(raw, gt, threshold, batch["stem"][i], batch["subset"][i], strict=strict))
         scored_raws.append(raw)
         gts.append(gt)
     return scores, scored_raws, gts

@@ -76,7 +76,7 @@ def test_predictions_in_the_padding_do_not_change_the_scores(tiny_assets, tmp_pa
         predictor = TablePredictor(table, tta, padding)
         monkeypatch.setattr(val_inference, "load_predictor", lambda *_: predictor)
         raw_source = val_inference.build_raw_source(args, accelerator)
-        return val_inference.score_split(args, accelerator, loader, raw_source, tmp_path / "eval")[0]
+        return val_inference.score_split(args, accelerator, loader, raw_source, tmp_path / "eval", samples).scores
 
     clean = scores("clean")
     assert scores("random") == clean

@@ -4,6 +4,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from eval_references import reference_boundary_counts
 from torchmetrics.classification import (
     BinaryAccuracy,
     BinaryF1Score,
@@ -15,7 +16,9 @@ from torchmetrics.regression import MeanAbsoluteError, MeanSquaredError
 
 from evaluation.metrics import (
     METRIC_NAMES,
+    iou_distribution,
     metrics_from_counts,
+    quantile,
     score_image,
     summarize,
     summarize_subsets,
@@ -25,8 +28,12 @@ from evaluation.metrics import (
 )
 
 
-def numpy_metrics(raw: np.ndarray, gt: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
-    """An independent plain-numpy implementation of the definitions (no zero denominators in its callers)."""
+def numpy_metrics(
+    raw: np.ndarray, gt: np.ndarray, threshold: float = 0.5, boundary: tuple[int, int] | None = None
+) -> dict[str, float]:
+    """An independent plain-numpy implementation of the definitions (no zero denominators in its callers).
+
+    ``boundary``: (intersection, union) to use instead of the reference algorithm's (for pooled, flattened arrays)."""
     pred = raw >= threshold
     gt = gt != 0
     tp = np.sum(pred & gt)
@@ -35,6 +42,7 @@ def numpy_metrics(raw: np.ndarray, gt: np.ndarray, threshold: float = 0.5) -> di
     tn = np.sum(~pred & ~gt)
     tpr, tnr = tp / (tp + fn), tn / (tn + fp)
     error = raw.astype(np.float64) - gt.astype(np.float64)
+    inter, union = boundary or reference_boundary_counts(pred, gt)
     return {
         "iou": tp / (tp + fp + fn),
         "recall": tpr,
@@ -44,6 +52,7 @@ def numpy_metrics(raw: np.ndarray, gt: np.ndarray, threshold: float = 0.5) -> di
         "ber": 1 - (tpr + tnr) / 2,
         "mae": np.mean(np.abs(error)),
         "mse": np.mean(error**2),
+        "boundary_iou": inter / union if union else 1.0,
     }
 
 
@@ -94,6 +103,9 @@ def test_hand_counted_3x3():
         "ber": 1 - (3 / 4 + 3 / 5) / 2,  # 0.325
         "mae": 3.3 / 9,
         "mse": 1.65 / 9,
+        # d = max(1, round(0.02 * 4.24)) = 1: every pixel of both masks touches background or the image border,
+        # so each boundary region is the whole mask and Boundary IoU equals IoU.
+        "boundary_iou": 3 / 6,
     }
     assert score.metrics() == pytest.approx(expected, abs=1e-12)
     assert set(score.metrics()) == set(METRIC_NAMES)
@@ -155,11 +167,13 @@ def test_pooled_differs_from_per_image_mean_and_each_matches_numpy():
     expected_mean = {name: (per_image[0][name] + per_image[1][name]) / 2 for name in METRIC_NAMES}
     all_raw = np.concatenate([small_raw.ravel(), big_raw.ravel()])
     all_gt = np.concatenate([small_gt.ravel(), big_gt.ravel()])
-    expected_pooled = numpy_metrics(all_raw, all_gt)
+    boundaries = [reference_boundary_counts(r >= 0.5, g) for r, g in ((small_raw, small_gt), (big_raw, big_gt))]
+    pooled_boundary = (boundaries[0][0] + boundaries[1][0], boundaries[0][1] + boundaries[1][1])
+    expected_pooled = numpy_metrics(all_raw, all_gt, boundary=pooled_boundary)
 
     assert summary["per_image_mean"] == pytest.approx(expected_mean, rel=1e-12)
     assert summary["dataset"] == pytest.approx(expected_pooled, rel=1e-12)
-    for name in ("iou", "recall", "mae"):
+    for name in ("iou", "recall", "mae", "boundary_iou"):
         assert abs(summary["dataset"][name] - summary["per_image_mean"][name]) > 1e-3, name
 
 
@@ -188,7 +202,31 @@ def test_scores_survive_pickle(random_pair):
 
 def test_metrics_from_counts_rejects_inconsistent_counts():
     with pytest.raises(ValueError, match="num_pixels"):
-        metrics_from_counts(1, 1, 1, 1, 0.0, 0.0, num_pixels=5)
+        metrics_from_counts(1, 1, 1, 1, 0.0, 0.0, 5, 0, 0)
+    with pytest.raises(ValueError, match="boundary"):
+        metrics_from_counts(1, 1, 1, 1, 0.0, 0.0, 4, 3, 2)
+
+
+def test_seed_protocol_thresholds_strictly():
+    raw = torch.tensor([[0.5, 0.5 + 1e-6, 0.4]])
+    gt = torch.tensor([[1, 1, 0]], dtype=torch.bool)
+    assert score_image(raw, gt, 0.5).tp == 2  # raw >= 0.5
+    assert score_image(raw, gt, 0.5, strict=True).tp == 1  # the seed's raw > 0.5
+
+
+def test_quantile_matches_numpy_and_iou_distribution_by_hand():
+    values = sorted(np.random.default_rng(5).random(11).tolist())
+    for q in (0.0, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0):
+        assert quantile(values, q) == pytest.approx(float(np.quantile(values, q)), abs=1e-15)
+    full = torch.ones(2, 2, dtype=torch.bool)
+    # IoUs 0.25, 0.5, 0.75, 1.0: one below 0.4; mean of the others (0.5 + 0.75 + 1) / 3.
+    raws = [torch.tensor([[0.9, 0.1], [0.1, 0.1]]), torch.tensor([[0.9, 0.9], [0.1, 0.1]])]
+    raws += [torch.tensor([[0.9, 0.9], [0.9, 0.1]]), torch.full((2, 2), 0.9)]
+    distribution = iou_distribution([score_image(raw, full) for raw in raws])
+    assert distribution["num_below_0.4"] == 1 and distribution["share_below_0.4"] == 0.25
+    assert distribution["mean_of_images_at_least_0.4"] == pytest.approx(0.75)
+    assert distribution["quantiles"]["median"] == pytest.approx(0.625)
+    assert distribution["quantiles"]["min"] == 0.25 and distribution["quantiles"]["max"] == 1.0
 
 
 def test_threshold_sweep_matches_score_image_at_every_threshold():

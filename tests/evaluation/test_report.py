@@ -34,7 +34,7 @@ def test_metrics_json_has_exactly_the_required_shape(tmp_path, scores):
     assert data["threshold"] == 0.5 and data["checkpoint"] == "step-100"
     assert list(data["subsets"]) == ["easy", "hard", "mix"]
     for subset, summary in data["subsets"].items():
-        assert set(summary) == {"num_images", "per_image_mean", "dataset"}
+        assert set(summary) == {"num_images", "per_image_mean", "dataset", "per_image_iou"}
         assert list(summary["per_image_mean"]) == list(METRIC_NAMES)
         assert list(summary["dataset"]) == list(METRIC_NAMES)
         assert summary == summaries[subset]  # floats survive the JSON round trip exactly

@@ -5,7 +5,7 @@ from PIL import Image
 
 from dataset.trans10k import Sample, Trans10kEval
 from dataset.transforms import STUFF_GREY, THINGS_GREY
-from evaluation.scoring import gt_binary_at, scoring_pair
+from evaluation.scoring import gt_binary_at, score_batch, scored_size, scoring_pair
 
 GREY_LEVELS = np.array([0, THINGS_GREY, STUFF_GREY], dtype=np.uint8)
 
@@ -57,3 +57,30 @@ def test_square_protocol_scores_against_the_mask_the_dataset_gives_the_model(tmp
     item = Trans10kEval([Sample(tmp_path / "a.png", tmp_path / "a_mask.png", "a", "test", "easy")], resolution=64)[0]
     _, gt = scoring_pair(torch.zeros(64, 64), item["gt_classes"], "square", 64)
     assert torch.equal(gt, item["mask_values"][0] > 0)
+
+
+def test_each_protocol_scores_at_its_size_and_the_seed_thresholds_strictly():
+    gt_classes = torch.from_numpy(random_classes((37, 53), seed=3))
+    raw = torch.rand(64, 64, generator=torch.Generator().manual_seed(0))
+    assert scored_size("native", (37, 53), 64) == (37, 53)
+    assert scored_size("square", (37, 53), 64) == scored_size("seed", (37, 53), 64) == (64, 64)
+    assert scored_size("translab", (37, 53), 64) == (512, 512)
+    with pytest.raises(ValueError, match="unknown eval_protocol"):
+        scored_size("paper", (37, 53), 64)
+    translab_raw, translab_gt = scoring_pair(raw, gt_classes, "translab", 64)
+    assert translab_raw.shape == translab_gt.shape == (512, 512)
+    assert torch.equal(translab_gt, pil_nearest_binary(gt_classes.numpy(), (512, 512)))
+    # A raw of exactly 128/255 and one of exactly 0.5 (possible only unquantized, from a 16-bit file: never exact).
+    on_threshold = torch.full((64, 64), 0.5)
+    batch = {"gt_classes": [torch.ones(64, 64, dtype=torch.uint8)], "stem": ["a"], "subset": ["easy"]}
+    seed_scores, _, _ = score_batch([on_threshold], batch, 0.5, "seed", 64, quantize_raw=False)
+    square_scores, _, _ = score_batch([on_threshold], batch, 0.5, "square", 64, quantize_raw=False)
+    assert seed_scores[0].tp == 0 and square_scores[0].tp == 64 * 64
+
+
+def test_predictions_from_files_keep_their_precision():
+    raw = torch.full((4, 4), 0.31)  # not a multiple of 1/255: 79.05 / 255
+    gt = torch.zeros(4, 4, dtype=torch.uint8)
+    quantized, _ = scoring_pair(raw, gt, "native", 64)
+    exact, _ = scoring_pair(raw, gt, "native", 64, quantize_raw=False)
+    assert torch.equal(exact, raw) and torch.allclose(quantized, torch.full((4, 4), 79 / 255))
