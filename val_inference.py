@@ -90,6 +90,9 @@ def eval_output_dir(args: argparse.Namespace) -> Path:
     if args.eval_output_dir:
         return Path(args.eval_output_dir)
     settings = f"{args.split}-{args.resolution}px-thr{args.threshold:g}-{args.eval_protocol}"
+    # Non-default processing and tta are named too, so a keep_aspect or hflip evaluation never overwrites the default.
+    settings += "-keep_aspect" if args.processing == "keep_aspect" else ""
+    settings += f"-tta_{args.tta}" if args.tta != "none" and not (args.oracle or args.predictions_dir) else ""
     if args.oracle:
         return Path(args.output_dir) / f"eval-{settings}-oracle_{args.oracle}"
     if args.predictions_dir:

@@ -35,6 +35,8 @@ def eval_args(output_dir: Path, **overrides) -> argparse.Namespace:
         "resolution": 64,
         "threshold": 0.5,
         "eval_protocol": "native",
+        "processing": "square",
+        "tta": "none",
     }
     return argparse.Namespace(**{**settings, **overrides})
 
@@ -66,6 +68,21 @@ def test_each_model_gets_its_own_default_folder(root):
     assert len({*expected.values(), oracle, predictions}) == len(set(expected.values())) + 2
     explicit = eval_args(run, transformer_path=checkpoint, eval_output_dir=str(root / "mine"))
     assert eval_output_dir(explicit) == root / "mine"
+
+
+def test_processing_and_tta_get_their_own_folders(root):
+    run = fake_run(root / "run")
+    folders = {
+        (processing, tta): eval_output_dir(eval_args(run, processing=processing, tta=tta))
+        for processing in ("square", "keep_aspect")
+        for tta in ("none", "hflip")
+    }
+    assert folders[("square", "none")] == run / f"eval-{SETTINGS}"  # the defaults keep the old name
+    assert folders[("keep_aspect", "hflip")] == run / f"eval-{SETTINGS}-keep_aspect-tta_hflip"
+    assert len(set(folders.values())) == 4
+    # tta changes nothing the oracle scores: its ceiling is found whatever tta the model is evaluated with.
+    oracle = eval_output_dir(eval_args(run, processing="keep_aspect", tta="hflip", oracle="vae_roundtrip"))
+    assert oracle == run / f"eval-{SETTINGS}-keep_aspect-oracle_vae_roundtrip"
 
 
 def test_a_checkpoint_evaluation_still_finds_the_oracle_ceiling(root):
