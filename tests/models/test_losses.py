@@ -111,6 +111,22 @@ def test_bad_settings_are_refused():
         TrainingLoss("latent_mse+pixel", 1.0, vae=torch.nn.Identity())(latents, latents)
 
 
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--loss", "pixel", "--pixel_loss_weight", "0"], "pixel_loss_weight"),
+        (["--loss", "pixels"], "did you mean 'pixel'"),
+        (["--num_validation_images", "-1"], "num_validation_images"),
+    ],
+)
+def test_config_refuses_impossible_loss_and_validation_settings(flags, message):
+    from utils.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError, match=message):
+        parse_config(flags)
+    assert parse_config(["--config", "configs/demo.yaml", "--loss", "latent_mse+pixel"])[0].loss == "latent_mse+pixel"
+
+
 # ---- through the tiny SD3.5-layout VAE and transformer
 
 
