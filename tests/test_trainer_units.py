@@ -69,8 +69,12 @@ def test_step_plan_refuses_a_split_smaller_than_one_batch():
 
 
 def test_a_resumed_run_must_beat_the_kept_best_and_a_fresh_run_replaces_it(tmp_path):
+    from accelerate import PartialState
+
     from trainer import best_iou_so_far, validation_subset
     from utils.checkpointing import save_best_checkpoint
+
+    PartialState(cpu=True)  # the trainer logs through accelerate's logger
 
     args = argparse.Namespace(output_dir=str(tmp_path))
     assert best_iou_so_far(args, resumed=True) == -math.inf  # no checkpoint-best yet
