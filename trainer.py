@@ -3,7 +3,8 @@
     accelerate launch --config_file accelerate_config.yaml trainer.py [--config FILE] [--key value ...]
 
 Method: "Fine-Tuning Image-Conditional Diffusion Models is Easier than You Think" (arXiv 2409.11355): a frozen VAE,
-a fixed timestep, constant empty-prompt conditioning and an MSE loss between predicted and true mask latents.
+a fixed timestep, constant empty-prompt conditioning and an MSE loss between predicted and true mask latents, or
+(`loss`) a pixel-space BCE + Dice of the prediction decoded by the frozen VAE, or both.
 """
 
 from __future__ import annotations
@@ -36,12 +37,19 @@ from evaluation.scoring import score_batch
 from models.conditioning import load_empty_prompt_embeds
 from models.loading import load_base_transformer, load_frozen_vae, precision_dtype
 from models.lora import LORA_DIR, add_lora, lora_state_dict, merged_state_dict, restore_lora, write_lora
-from models.losses import LOSSES
+from models.losses import TrainingLoss
 from models.saving import write_transformer
 from models.segmenter import MaskPredictor, check_resolution, decode_raw_mask, encode_latents
 from utils.atomic import atomic_write_json
 from utils.cache import cache_root
-from utils.checkpointing import recover_interrupted_save, resolve_resume_path, save_checkpoint
+from utils.checkpointing import (
+    BEST,
+    best_record,
+    recover_interrupted_save,
+    resolve_resume_path,
+    save_best_checkpoint,
+    save_checkpoint,
+)
 from utils.config import load_config
 from utils.distributed import check_deepspeed_config, check_launch_matches_request
 from utils.measure import peak_memory_gib
@@ -49,6 +57,7 @@ from utils.model_card import write_model_card
 from utils.run_snapshot import write_run_snapshot
 
 logger = get_logger(__name__)
+VALIDATION_PANELS = 8  # panels logged per validation (the first images of the main process's shard)
 
 
 def build_accelerator(args: argparse.Namespace) -> Accelerator:
@@ -116,13 +125,27 @@ def build_dataloaders(args: argparse.Namespace, train_dataset, val_samples: list
     )
     val_loader = None
     if val_samples:
-        # Spread the few validation images over all subsets instead of taking the first N of "easy".
-        picked = np.linspace(0, len(val_samples) - 1, min(args.num_validation_images, len(val_samples))).round()
-        val_dataset = Trans10kEval([val_samples[int(i)] for i in picked], args.resolution)
+        val_dataset = Trans10kEval(validation_subset(val_samples, args.num_validation_images), args.resolution)
         val_loader = torch.utils.data.DataLoader(
             val_dataset, batch_size=args.eval_batch_size, collate_fn=eval_collate, num_workers=0
         )
     return train_loader, val_loader
+
+
+def validation_subset(val_samples: list, num_images: int) -> list:
+    """The images validated during training: all of them for 0, else `num_images` spread over every subset (not the
+    first N of "easy")."""
+    if num_images == 0 or num_images >= len(val_samples):
+        return list(val_samples)
+    picked = np.linspace(0, len(val_samples) - 1, num_images).round()
+    return [val_samples[int(i)] for i in picked]
+
+
+def batch_gt_mask(batch: dict) -> torch.Tensor:
+    """The binary ground truth [B, 1, H, W] at the training resolution: stored by the latent cache, or the pixels'."""
+    if "gt_mask" in batch:
+        return batch["gt_mask"]
+    return batch["mask_values"][:, :1] > 0  # the 3 channels are copies: -1 background, +1 transparent
 
 
 def batch_latents(vae, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -216,12 +239,13 @@ def run_validation(predictor: MaskPredictor, val_loader, accelerator: Accelerato
         losses.append(accelerator.gather_for_metrics(per_image_loss))
         scores += accelerator.gather_for_metrics(batch_scores, use_gather_object=True)
         if accelerator.is_main_process:
-            for i in range(len(batch_scores)):
+            for i in range(min(len(batch_scores), VALIDATION_PANELS - len(panels))):
                 image, gt = tensor_to_image(batch["pixel_values"][i]), batch["mask_values"][i, 0] > 0
                 panels.append(np.asarray(render_panel(image, raw[i].cpu(), gt.cpu(), args.threshold)))
     summary = summarize(scores)
     metrics = {"val/loss": torch.cat(losses).mean().item(), "val/iou": summary["dataset"]["iou"]}
     metrics["val/iou_per_image"] = summary["per_image_mean"]["iou"]
+    metrics["val/num_images"] = summary["num_images"]
     accelerator.log(metrics, step=step)
     log_panels(accelerator, panels, step)
     return metrics
@@ -295,6 +319,7 @@ class TrainingRun:
     steps_per_epoch: int
     max_train_steps: int
     num_epochs: int
+    loss: TrainingLoss
 
 
 class StopRequest:
@@ -343,7 +368,7 @@ def build(args: argparse.Namespace, accelerator: Accelerator) -> TrainingRun:
     # Validate the data layout before loading any model: a broken pair fails in seconds, not hours into an epoch.
     train_samples = validate_split(args.dataset_path, "train")
     val_samples = None
-    if args.validation_steps > 0 and args.num_validation_images > 0:
+    if args.validation_steps > 0:
         val_samples = validate_split(args.dataset_path, "validation", args.subsets)
     logger.info(f"train: {len(train_samples)} images from {args.dataset_path}")
 
@@ -369,6 +394,10 @@ def build(args: argparse.Namespace, accelerator: Accelerator) -> TrainingRun:
         add_lora(transformer.to(weight_dtype_for(accelerator)), args)
     if args.gradient_checkpointing:
         transformer.enable_gradient_checkpointing()
+    # The VAE stays unprepared (frozen, never wrapped by DDP or DeepSpeed); the pixel loss decodes in autograd.
+    loss = TrainingLoss(args.loss, args.pixel_loss_weight, vae)
+    if loss.uses_pixels and args.decoder_gradient_checkpointing:
+        vae.enable_gradient_checkpointing()
 
     train_loader, val_loader = build_dataloaders(
         args, build_train_dataset(args, train_samples, vae, accelerator), val_samples
@@ -418,6 +447,7 @@ def build(args: argparse.Namespace, accelerator: Accelerator) -> TrainingRun:
         steps_per_epoch,
         max_train_steps,
         num_epochs,
+        loss,
     )
 
 
@@ -436,12 +466,41 @@ def resume(args: argparse.Namespace, accelerator: Accelerator, run: TrainingRun)
     return global_step, first_epoch, skip_batches
 
 
+def best_iou_so_far(args: argparse.Namespace, resumed: bool) -> float:
+    """The val/iou that checkpoint-best/ holds, which a new best must beat; a fresh run starts from nothing."""
+    record = best_record(args.output_dir)
+    if record is None:
+        return -math.inf
+    if not resumed:
+        logger.info(f"{BEST} in {args.output_dir} is from an earlier run: this run's first validation replaces it")
+        return -math.inf
+    return record["val/iou"]
+
+
+def keep_if_best(
+    args: argparse.Namespace, accelerator: Accelerator, run: TrainingRun, step: int, metrics: dict, best: float
+) -> float:
+    """Replace checkpoint-best/ when this validation beats it (strictly); returns the best val/iou. All ranks."""
+    if not metrics["val/iou"] > best:  # every rank holds the same gathered metrics, so all decide alike
+        return best
+    record = {"step": step, "val/iou": metrics["val/iou"], "metrics": metrics}
+    path = save_best_checkpoint(
+        lambda folder: save_weights(accelerator, args, run.transformer, folder),
+        args.output_dir,
+        record,
+        accelerator.is_main_process,
+        accelerator.wait_for_everyone,
+    )
+    logger.info(f"saved {path}: step {step}, val/iou {metrics['val/iou']:.4f} (previous best {best:.4f})")
+    return metrics["val/iou"]
+
+
 def train(args: argparse.Namespace, accelerator: Accelerator, run: TrainingRun, start: tuple[int, int, int]):
     """The training loop; returns (optimizer steps done, last validation metrics, why it stopped early or None)."""
     global_step, first_epoch, skip_batches = start
     stop = StopRequest(args.max_train_time_minutes)
     transformer, optimizer, lr_scheduler = run.transformer, run.optimizer, run.lr_scheduler
-    loss_fn = LOSSES[args.loss]
+    best_iou = best_iou_so_far(args, resumed=global_step > 0)
     total_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     logger.info(
         f"steps: {run.max_train_steps} ({run.num_epochs} epochs x {run.steps_per_epoch}); global batch {total_batch}"
@@ -462,7 +521,7 @@ def train(args: argparse.Namespace, accelerator: Accelerator, run: TrainingRun, 
                 image_latents, mask_latents = batch_latents(run.vae, batch)
                 with accelerator.autocast():
                     predicted = run.predictor.predict_latents(image_latents)
-                loss = loss_fn(predicted, mask_latents)
+                loss = run.loss(predicted, mask_latents, batch_gt_mask(batch), batch.get("valid_mask"))
                 window_loss, window_batches = window_loss + loss.detach(), window_batches + 1
                 if accelerator.sync_gradients:
                     # One host sync per optimizer step, before it (DeepSpeed steps inside backward): the mean loss
@@ -527,6 +586,7 @@ def train(args: argparse.Namespace, accelerator: Accelerator, run: TrainingRun, 
                 last_metrics = run_validation(run.predictor, run.val_loader, accelerator, args, global_step)
                 transformer.train()
                 logger.info(f"step {global_step}: " + ", ".join(f"{k} {v:.4f}" for k, v in last_metrics.items()))
+                best_iou = keep_if_best(args, accelerator, run, global_step, last_metrics, best_iou)
             window_start, window_samples = time.perf_counter(), 0  # throughput excludes checkpoints and validation
             if global_step >= run.max_train_steps:
                 return global_step, last_metrics, None
@@ -544,7 +604,12 @@ def finish(args: argparse.Namespace, accelerator: Accelerator, run: TrainingRun,
             write_transformer(unwrapped, merged_state_dict(unwrapped), Path(args.output_dir) / "transformer")
     if accelerator.is_main_process:
         write_model_card(args, Path(args.output_dir), steps, metrics)
-        summary = {"steps": steps, "final_validation": metrics, "rank_weight_checksums": rank_checksums}
+        summary = {
+            "steps": steps,
+            "final_validation": metrics,
+            "best_validation": best_record(args.output_dir),
+            "rank_weight_checksums": rank_checksums,
+        }
         atomic_write_json(Path(args.output_dir) / "train_summary.json", summary)
         saved = LORA_DIR if args.train_mode == "lora" else "transformer"
         logger.info(f"saved {Path(args.output_dir) / saved}; final validation: {metrics}")

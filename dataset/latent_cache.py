@@ -3,11 +3,12 @@ encodes its few images).
 
 The cache holds, per training image, the image and mask latents at `resolution` (and their horizontally flipped
 versions when random_flip is on: the resized pixels are flipped, then encoded, the pixels the uncached path would
-encode). It lives under `<cache_dir>/latents/<key>/`, where the key covers the VAE (id, revision, variant, dtype,
-config), the resolution, the flip setting and a manifest of the dataset files (path, size, mtime), so any change
-rebuilds it. Ranks encode disjoint shards in parallel; `complete.json` is written last, so a killed build is never
-reused. Random crops and colour jitter draw new pixels every epoch and cannot be cached: config validation refuses
-them.
+encode), and the binary ground-truth mask at `resolution` that the pixel loss compares with (bit-packed: 1/8 of the
+latents' size at 16 channels; flipped on reading). It lives under `<cache_dir>/latents/<key>/`, where the key covers
+the VAE (id, revision, variant, dtype, config), the cache format, the resolution, the flip setting and a manifest of
+the dataset files (path, size, mtime), so any change rebuilds it. Ranks encode disjoint shards in parallel;
+`complete.json` is written last, so a killed build is never reused.
+Random crops and colour jitter draw new pixels every epoch and cannot be cached: config validation refuses them.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -28,6 +30,8 @@ from utils.atomic import atomic_path, atomic_write_json
 from utils.cache import content_key, file_stamp
 
 COMPLETE = "complete.json"
+# Bumped whenever what a cache holds changes, so an older cache is rebuilt rather than read: 2 added the GT masks.
+CACHE_FORMAT = 2
 # Cache entry "<index>/<kind>[_flip]" holds the latent of this Trans10kTrain item.
 _ITEM_KEYS = {"image": "pixel_values", "mask": "mask_values"}
 
@@ -35,7 +39,13 @@ _ITEM_KEYS = {"image": "pixel_values", "mask": "mask_values"}
 def latent_key(vae_fingerprint: dict, resolution: int, random_flip: bool, samples: Sequence[Sample]) -> str:
     """VAE, resolution, flips and every image and mask file (path, size, mtime) of the split."""
     manifest = [(*file_stamp(s.image_path), *file_stamp(s.mask_path)) for s in samples]
-    payload = {"vae": vae_fingerprint, "resolution": resolution, "random_flip": random_flip, "files": manifest}
+    payload = {
+        "format": CACHE_FORMAT,
+        "vae": vae_fingerprint,
+        "resolution": resolution,
+        "random_flip": random_flip,
+        "files": manifest,
+    }
     return content_key(payload)
 
 
@@ -66,6 +76,17 @@ def latent_cache_dir(
 
 def _variants(random_flip: bool) -> tuple[str, ...]:
     return ("", "_flip") if random_flip else ("",)
+
+
+def pack_gt_mask(mask_values: torch.Tensor) -> torch.Tensor:
+    """mask_values [3, H, W] in {-1, 1} -> the binary ground truth (> 0) as packed bits, uint8 [ceil(H*W / 8)]."""
+    return torch.from_numpy(np.packbits((mask_values[0] > 0).numpy().reshape(-1)))
+
+
+def unpack_gt_mask(bits: torch.Tensor, resolution: int) -> torch.Tensor:
+    """The inverse of pack_gt_mask: bool [1, resolution, resolution]."""
+    flat = np.unpackbits(bits.numpy(), count=resolution * resolution).astype(bool)
+    return torch.from_numpy(flat.reshape(1, resolution, resolution))
 
 
 @torch.no_grad()
@@ -100,12 +121,21 @@ def build_latent_cache(
                 tensors.update(
                     {f"{i}/{kind}{suffix}": latent.contiguous() for i, latent in zip(indices, latents, strict=True)}
                 )
+        masks = [pack_gt_mask(item["mask_values"]) for item in items]  # unflipped: flipped on reading
+        tensors.update({f"{i}/gt_bits": bits for i, bits in zip(indices, masks, strict=True)})
     with atomic_path(cache_dir / f"shard-{rank}.safetensors") as tmp:
         save_file(tensors, str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         sizes = {i: list(read_image_size(s.image_path)) for i, s in enumerate(samples)}
-        index = {"num_samples": len(samples), "num_shards": world, "random_flip": random_flip, "image_sizes": sizes}
+        index = {
+            "format": CACHE_FORMAT,
+            "num_samples": len(samples),
+            "num_shards": world,
+            "random_flip": random_flip,
+            "resolution": resolution,
+            "image_sizes": sizes,
+        }
         atomic_write_json(cache_dir / COMPLETE, index)
     accelerator.wait_for_everyone()
     return cache_dir
@@ -117,6 +147,11 @@ class CachedLatentsTrain(Trans10kTrain):
     def __init__(self, samples: Sequence[Sample], cache_dir: Path, resolution: int, random_flip: bool, seed: int):
         super().__init__(samples, resolution, random_flip, color_jitter=0.0, random_crop_scale=1.0, seed=seed)
         index = json.loads((cache_dir / COMPLETE).read_text())
+        if index.get("format") != CACHE_FORMAT:  # the key covers the format: only a hand-copied folder gets here
+            raise ValueError(
+                f"latent cache {cache_dir} has format {index.get('format')}, this code reads {CACHE_FORMAT}; delete "
+                "the folder (it is rebuilt on the next run)"
+            )
         if index["num_samples"] != len(samples):
             raise ValueError(f"latent cache {cache_dir} holds {index['num_samples']} samples, dataset {len(samples)}")
         self.cache_dir = cache_dir
@@ -137,9 +172,11 @@ class CachedLatentsTrain(Trans10kTrain):
         augmentation = sample_train_augmentation(self.image_sizes[index], generator, self.random_flip, 0.0, 1.0)
         suffix = "_flip" if augmentation.flip else ""
         shard = self._shard(index)
+        gt_mask = unpack_gt_mask(shard.get_tensor(f"{index}/gt_bits"), self.resolution)  # [1,H,W] bool
         return {
             "image_latents": shard.get_tensor(f"{index}/image{suffix}"),
             "mask_latents": shard.get_tensor(f"{index}/mask{suffix}"),
+            "gt_mask": gt_mask.flip(-1) if augmentation.flip else gt_mask,
             "stem": self.samples[index].stem,
         }
 

@@ -31,6 +31,19 @@ def decode_raw_mask(vae: AutoencoderKL, mask_latents: torch.Tensor) -> torch.Ten
     return (decoded.float() / 2 + 0.5).clamp(0, 1).mean(dim=1)
 
 
+def decode_raw_mask_unclamped(vae: AutoencoderKL, mask_latents: torch.Tensor) -> torch.Tensor:
+    """decode_raw_mask inside autograd and without the clamp: raw [B, 1, H, W], fp32, may leave [0, 1].
+
+    The VAE's weights stay frozen (requires_grad False) but the decode is part of the graph, so a pixel-space loss
+    reaches the transformer that produced `mask_latents` (E2E-FT's task loss through the frozen decoder). The clamp
+    is left to the loss (models/losses.inward_clamp): a hard clamp has zero gradient wherever the decoder overshoots,
+    which is exactly where a wrong pixel (raw > 1 on background) most needs one. Decoder gradient checkpointing, when
+    enabled on the VAE (`vae.enable_gradient_checkpointing()`), applies here: the decoder runs with gradients on."""
+    latents = mask_latents.to(vae.dtype) / vae.config.scaling_factor + vae.config.shift_factor
+    decoded = vae.decode(latents).sample  # [B, 3, H, W] in about [-1, 1]
+    return (decoded.float() / 2 + 0.5).mean(dim=1, keepdim=True)
+
+
 def check_resolution(resolution: int, vae: AutoencoderKL, transformer_config) -> None:
     """Fail at start-up, with the numbers, when the transformer cannot take images of this size."""
     pixels_per_patch = 2 ** (len(vae.config.block_out_channels) - 1) * transformer_config.patch_size

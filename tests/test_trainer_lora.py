@@ -3,6 +3,7 @@ warm-up + cosine, checkpoints, resume) for plain training and ZeRO-2 with the op
 
 import argparse
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -130,6 +131,6 @@ def test_a_lora_run_evaluates_and_predicts_from_its_folder(lora_runs, tiny_asset
     run_command([*val, "--eval_output_dir", str(tmp_path / "eval")])
     assert (tmp_path / "eval" / "metrics.json").is_file()
     image = sorted((tiny_assets["data"] / "test" / "easy" / "images").iterdir())[0]
-    predict = [str(REPO_ROOT / ".venv" / "bin" / "python"), str(REPO_ROOT / "predict.py"), *config]
+    predict = [sys.executable, str(REPO_ROOT / "predict.py"), *config]
     run_command([*predict, "--input", str(image), "--output", str(tmp_path / "pred")])
     assert (tmp_path / "pred" / f"{image.stem}_mask.png").is_file()

@@ -66,3 +66,21 @@ def test_step_plan_refuses_a_split_smaller_than_one_batch():
     )
     with pytest.raises(ValueError, match="fewer images than one global batch"):
         train_steps_plan(args, 0, num_processes=2)
+
+
+def test_a_resumed_run_must_beat_the_kept_best_and_a_fresh_run_replaces_it(tmp_path):
+    from accelerate import PartialState
+
+    from trainer import best_iou_so_far, validation_subset
+    from utils.checkpointing import save_best_checkpoint
+
+    PartialState(cpu=True)  # the trainer logs through accelerate's logger
+
+    args = argparse.Namespace(output_dir=str(tmp_path))
+    assert best_iou_so_far(args, resumed=True) == -math.inf  # no checkpoint-best yet
+    save_best_checkpoint(lambda folder: folder.mkdir(), tmp_path, {"step": 3, "val/iou": 0.625}, True, lambda: None)
+    assert best_iou_so_far(args, resumed=True) == 0.625
+    assert best_iou_so_far(args, resumed=False) == -math.inf
+    samples = list(range(10))
+    assert validation_subset(samples, 0) == samples and validation_subset(samples, 20) == samples
+    assert validation_subset(samples, 3) == [0, 4, 9]  # spread over the split (its subsets come in order)

@@ -5,6 +5,10 @@ before the rename), so `latest` never picks a half-written one. The order of a s
 pruned checkpoint is renamed out of the complete set before it is deleted: a kill at any instant leaves at least as
 many complete checkpoints as there were before the save began. During a save there is one checkpoint more than
 `checkpoints_total_limit` on disk.
+
+With validation on, `checkpoint-best/` holds the weights (not the training state) of the step with the best
+validation IoU so far, and `best.json` (written last) says which step and IoU. It is replaced the same way (written
+aside, renamed in), outside the count and the pruning of `checkpoint-<step>` folders.
 """
 
 from __future__ import annotations
@@ -19,9 +23,11 @@ from pathlib import Path
 from utils.atomic import atomic_write_json
 
 MARKER = "checkpoint.json"
+BEST = "checkpoint-best"
+BEST_MARKER = "best.json"  # {"step", "val/iou", ...}: what checkpoint-best/ holds
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 # What an interrupted save can leave behind: the folder being written, a same-step folder moved aside, a doomed one.
-_LEFTOVER = re.compile(r"^\.checkpoint-(\d+)\.(tmp|old|deleting)$")
+_LEFTOVER = re.compile(r"^\.checkpoint-(\d+|best)\.(tmp|old|deleting)$")
 
 
 def complete_checkpoints(output_dir: str | Path) -> list[Path]:
@@ -63,7 +69,7 @@ def resolve_resume_path(resume_from_checkpoint: str | None, output_dir: str | Pa
     return path
 
 
-def _sibling(output_dir: Path, step: int, kind: str) -> Path:
+def _sibling(output_dir: Path, step: int | str, kind: str) -> Path:
     return output_dir / f".checkpoint-{step}.{kind}"
 
 
@@ -85,15 +91,50 @@ def publish_checkpoint(tmp_dir: Path, step: int, metadata: dict) -> Path:
     """Write the marker last, then rename into place (main process only, after every rank finished writing)."""
     final = tmp_dir.parent / f"checkpoint-{step}"
     atomic_write_json(tmp_dir / MARKER, {"step": step, **metadata})
-    if final.exists():  # the same step from an earlier run (e.g. resumed from an older checkpoint): keep it until
-        old = _sibling(final.parent, step, "old")  # the new one is in place
-        if old.exists():
-            shutil.rmtree(old)
-        os.rename(final, old)
+    # The same step from an earlier run (e.g. resumed from an older checkpoint) is kept until the new one is in place.
+    _move_into_place(tmp_dir, final, _sibling(final.parent, step, "old"))
+    return final
+
+
+def _move_into_place(tmp_dir: Path, final: Path, old: Path) -> None:
+    """Rename the complete `tmp_dir` to `final`; an existing `final` is renamed to `old` first, deleted last."""
+    if not final.exists():
         os.rename(tmp_dir, final)
+        return
+    if old.exists():
         shutil.rmtree(old)
-    else:
-        os.rename(tmp_dir, final)
+    os.rename(final, old)
+    os.rename(tmp_dir, final)
+    shutil.rmtree(old)
+
+
+def best_record(output_dir: str | Path) -> dict | None:
+    """checkpoint-best/best.json ({"step", "val/iou", ...}), or None when there is no complete best checkpoint."""
+    marker = Path(output_dir) / BEST / BEST_MARKER
+    return json.loads(marker.read_text()) if marker.is_file() else None
+
+
+def save_best_checkpoint(
+    save_weights: Callable[[Path], None],
+    output_dir: str | Path,
+    record: dict,
+    is_main: bool,
+    barrier: Callable[[], None],
+) -> Path:
+    """Every rank runs `save_weights(tmp_dir)` (a gather under ZeRO-3); the main rank writes `record` as best.json
+    and replaces checkpoint-best/ with it. A kill at any instant leaves the previous best (or the new one) whole."""
+    output_dir = Path(output_dir)
+    tmp_dir = _sibling(output_dir, "best", "tmp")
+    if is_main and tmp_dir.exists():
+        shutil.rmtree(tmp_dir)
+    barrier()
+    save_weights(tmp_dir)
+    barrier()
+    final = output_dir / BEST
+    if is_main:
+        atomic_write_json(tmp_dir / BEST_MARKER, record)
+        _move_into_place(tmp_dir, final, _sibling(output_dir, "best", "old"))
+    barrier()
     return final
 
 
@@ -135,7 +176,8 @@ def recover_interrupted_save(output_dir: str | Path) -> list[str]:
     for path in sorted(p for p in output_dir.iterdir() if _LEFTOVER.match(p.name)):
         step, kind = _LEFTOVER.match(path.name).groups()
         final = output_dir / f"checkpoint-{step}"
-        if kind != "deleting" and (path / MARKER).is_file() and not (final / MARKER).is_file():
+        marker = BEST_MARKER if step == "best" else MARKER
+        if kind != "deleting" and (path / marker).is_file() and not (final / marker).is_file():
             if final.exists():
                 shutil.rmtree(final)
             os.rename(path, final)

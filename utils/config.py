@@ -267,6 +267,10 @@ def check_combinations(args: argparse.Namespace, *, training: bool = False) -> N
         problems.append(f"max_train_steps = {args.max_train_steps} must be >= 1 (or null to use num_train_epochs)")
     if args.max_train_time_minutes is not None and args.max_train_time_minutes <= 0:
         problems.append(f"max_train_time_minutes = {args.max_train_time_minutes} must be > 0 (or null: no limit)")
+    if "pixel" in args.loss.split("+") and args.pixel_loss_weight <= 0:
+        problems.append(f"pixel_loss_weight = {args.pixel_loss_weight} must be > 0 with loss {args.loss}")
+    if args.num_validation_images < 0:
+        problems.append(f"num_validation_images = {args.num_validation_images} must be >= 0 (0 = the whole split)")
     if args.learning_rate <= 0:
         problems.append(f"learning_rate = {args.learning_rate} must be > 0")
     if not 0.0 <= args.threshold <= 1.0:

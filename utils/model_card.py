@@ -24,7 +24,7 @@ tags: [transparent-object-segmentation, trans10k, sd3]
   {args.train_batch_size} x accumulation {args.gradient_accumulation_steps}, loss `{args.loss}`.
 - Full settings: `config.yaml` and `run_info.json` beside this card; the weights are in `transformer/`.
 
-## Final validation ({args.num_validation_images} validation images, model resolution)
+## Final validation ({args.num_validation_images or "all"} validation images, model resolution)
 
 | metric | value |
 |---|---|

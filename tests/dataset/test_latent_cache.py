@@ -37,6 +37,7 @@ def test_cached_latents_equal_encoding_the_same_augmented_batch(cached):
             # Equal up to float reordering: the cache encodes batches of 4, this check one image at a time.
             torch.testing.assert_close(stored["image_latents"], image, rtol=1e-5, atol=1e-5, msg=str(key))
             torch.testing.assert_close(stored["mask_latents"], mask, rtol=1e-5, atol=1e-5, msg=str(key))
+            assert torch.equal(stored["gt_mask"], expected["mask_values"][:1] > 0), key  # what the pixel loss uses
             flipped = encode_latents(vae, expected["pixel_values"].flip(-1)[None])[0]
             flips_seen.add(torch.allclose(image, flipped, atol=1e-3))
     assert flips_seen == {False}  # sanity: the flip changes the latents, so the check above is not vacuous
@@ -54,6 +55,18 @@ def test_complete_cache_is_reused_and_incomplete_is_rebuilt(cached):
     (cache_dir / COMPLETE).unlink()  # as if killed before the end
     build_latent_cache(cache_dir, samples, 64, True, vae, encode_latents, Accelerator(cpu=True), batch_size=4)
     assert (cache_dir / COMPLETE).is_file() and shard.stat().st_mtime_ns != before
+
+
+def test_an_old_format_cache_is_never_read(cached, monkeypatch):
+    import dataset.latent_cache as latent_cache
+
+    samples, vae, cache_dir = cached
+    fingerprint = vae_fingerprint("tiny", None, None, vae, vae.dtype)
+    key = latent_key(fingerprint, 64, True, samples)
+    monkeypatch.setattr(latent_cache, "CACHE_FORMAT", latent_cache.CACHE_FORMAT - 1)
+    assert latent_key(fingerprint, 64, True, samples) != key  # another folder: an old cache is not found
+    with pytest.raises(ValueError, match="format"):  # and one copied by hand is refused
+        CachedLatentsTrain(samples, cache_dir, 64, random_flip=True, seed=3)
 
 
 def test_key_covers_vae_resolution_flip_and_files(cached):

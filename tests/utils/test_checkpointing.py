@@ -5,10 +5,14 @@ import shutil
 import pytest
 
 from utils.checkpointing import (
+    BEST,
+    BEST_MARKER,
     MARKER,
+    best_record,
     complete_checkpoints,
     recover_interrupted_save,
     resolve_resume_path,
+    save_best_checkpoint,
     save_checkpoint,
 )
 
@@ -190,3 +194,63 @@ def test_recovery_restores_a_complete_leftover_and_removes_the_rest(tmp_path):
     assert len(actions) == 3 and any("restored checkpoint-4" in a for a in actions)
     assert assert_intact(tmp_path) == [4]
     assert not list(tmp_path.glob(".checkpoint-*"))
+
+
+def write_best(output_dir, step: int) -> None:
+    def save_weights(folder) -> None:
+        fake_save_state(step)(str(folder))
+
+    save_best_checkpoint(save_weights, output_dir, {"step": step, "val/iou": step / 100}, True, lambda: None)
+
+
+def assert_best_intact(output_dir) -> int | None:
+    """checkpoint-best/ holds both files of the step its best.json names; returns that step."""
+    record = best_record(output_dir)
+    if record is None:
+        assert not (output_dir / BEST).exists()
+        return None
+    assert (output_dir / BEST / "model.safetensors").read_text() == f"weights {record['step']}"
+    assert (output_dir / BEST / "optimizer.bin").read_text() == f"optimizer {record['step']}"
+    return record["step"]
+
+
+def test_best_checkpoint_is_replaced_whole_and_is_not_a_resumable_checkpoint(tmp_path):
+    write_checkpoint(tmp_path, 4)
+    write_best(tmp_path, 3)
+    write_best(tmp_path, 4)
+    assert best_record(tmp_path) == {"step": 4, "val/iou": 0.04}
+    assert assert_best_intact(tmp_path) == 4
+    assert [p.name for p in complete_checkpoints(tmp_path)] == ["checkpoint-4"]  # not counted, never pruned
+    assert resolve_resume_path("latest", tmp_path) == tmp_path / "checkpoint-4"
+    assert not list(tmp_path.glob(".checkpoint-*"))
+
+
+def test_a_kill_at_any_instant_of_a_best_save_keeps_the_previous_best(tmp_path):
+    (tmp_path / "count").mkdir()
+    write_best(tmp_path / "count", 2)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        operations = kill_at_operation(monkeypatch, kill_index=-1)
+        write_best(tmp_path / "count", 5)
+    assert operations["count"] >= 5
+    for kill_index in range(1, operations["count"] + 1):
+        output_dir = tmp_path / f"kill-{kill_index}"
+        output_dir.mkdir()
+        write_best(output_dir, 2)
+        with pytest.MonkeyPatch.context() as monkeypatch:
+            kill_at_operation(monkeypatch, kill_index)
+            with pytest.raises(Killed):
+                write_best(output_dir, 5)
+        recover_interrupted_save(output_dir)  # what the next start-up does
+        assert assert_best_intact(output_dir) in (2, 5), kill_index  # the previous best, or the new one, whole
+        assert not list(output_dir.glob(".checkpoint-*")), kill_index
+        write_best(output_dir, 7)
+        assert assert_best_intact(output_dir) == 7
+
+
+def test_recovery_puts_back_a_best_caught_between_two_renames(tmp_path):
+    write_best(tmp_path, 3)
+    os.rename(tmp_path / BEST, tmp_path / ".checkpoint-best.old")  # killed after moving the old best aside
+    (tmp_path / ".checkpoint-best.tmp").mkdir()  # the new one was not complete (no best.json)
+    actions = recover_interrupted_save(tmp_path)
+    assert any(f"restored {BEST}" in a for a in actions) and len(actions) == 2
+    assert assert_best_intact(tmp_path) == 3 and (tmp_path / BEST / BEST_MARKER).is_file()
