@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from dataset.latent_cache import CachedLatentsTrain, build_latent_cache, latent_cache_dir
 from dataset.trans10k import TrainSampler, Trans10kEval, Trans10kTrain, eval_collate, validate_split
-from dataset.transforms import tensor_to_image
+from dataset.transforms import crop_to_content, tensor_to_image
 from evaluation.image_writer import render_panel
 from evaluation.metrics import summarize
 from evaluation.scoring import score_batch
@@ -94,7 +94,13 @@ def build_train_dataset(args: argparse.Namespace, samples: list, vae, accelerato
     """Pixels with on-the-fly augmentation, or (cache_latents) stored VAE latents built once and reused."""
     if not args.cache_latents:
         return Trans10kTrain(
-            samples, args.resolution, args.random_flip, args.color_jitter, args.random_crop_scale, args.seed
+            samples,
+            args.resolution,
+            args.random_flip,
+            args.color_jitter,
+            args.random_crop_scale,
+            args.seed,
+            processing=args.processing,
         )
     cache_dir = latent_cache_dir(
         cache_root(args.cache_dir),
@@ -125,7 +131,9 @@ def build_dataloaders(args: argparse.Namespace, train_dataset, val_samples: list
     )
     val_loader = None
     if val_samples:
-        val_dataset = Trans10kEval(validation_subset(val_samples, args.num_validation_images), args.resolution)
+        val_dataset = Trans10kEval(
+            validation_subset(val_samples, args.num_validation_images), args.resolution, args.processing
+        )
         val_loader = torch.utils.data.DataLoader(
             val_dataset, batch_size=args.eval_batch_size, collate_fn=eval_collate, num_workers=0
         )
@@ -235,7 +243,9 @@ def run_validation(predictor: MaskPredictor, val_loader, accelerator: Accelerato
             predicted = predictor.predict_latents(image_latents)
         per_image_loss = (predicted.float() - mask_latents.float()).pow(2).flatten(1).mean(1)
         raw = decode_raw_mask(predictor.vae, predicted)
-        batch_scores, _, _ = score_batch(raw, batch, args.threshold, "square", args.resolution)
+        # keep_aspect: the padding is cut off before scoring, as val_inference.py does (panels show the whole canvas).
+        content = crop_to_content(raw, batch["content_size"])
+        batch_scores, _, _ = score_batch(content, batch, args.threshold, "square", args.resolution)
         losses.append(accelerator.gather_for_metrics(per_image_loss))
         scores += accelerator.gather_for_metrics(batch_scores, use_gather_object=True)
         if accelerator.is_main_process:
