@@ -1,10 +1,13 @@
 """Segment transparent objects in your own images with a trained transformer.
 
     python predict.py --transformer_path OUTPUT_DIR --input IMAGE_OR_DIR --output DIR
+    python predict.py --transformer_path PIPELINE_DIR --input IMAGE_OR_DIR --output DIR   # a folder from export.py
 
-Each image, of any size, is turned upright (EXIF orientation) and resized whole to resolution x resolution, with no
-crop or flip: the resize evaluation uses (dataset.trans10k.model_pixels). The raw prediction is resized back
-(bilinear) to the upright image's native size and thresholded there. Per image writes <name>_mask.png (binary 0/255),
+Prediction runs through models.pipeline.TransparencySegmentationPipeline, built from the training run (or loaded
+from an exported folder, whose own resolution and settings then apply). Each image, of any size, is turned upright
+(EXIF orientation) and resized whole to resolution x resolution, with no crop or flip: the resize evaluation uses
+(dataset.trans10k.model_pixels). The raw prediction is resized back (bilinear) to the upright image's native size and
+thresholded there. Per image writes <name>_mask.png (binary 0/255),
 <name>_raw.png (round(255 * raw)) and <name>_overlay.png (transparent regions tinted red), where <name> is the file's
 stem, or, when two inputs share a stem (a.jpg, a.png), the file name with its dots as underscores (a_jpg, a_png).
 
@@ -27,10 +30,11 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from dataset.trans10k import DatasetError, load_image, model_pixels
-from dataset.transforms import resize_raw, upright_size
+from dataset.trans10k import DatasetError, load_image
+from dataset.transforms import upright_size
 from evaluation.image_writer import BackgroundImageWriter, raw_to_png_array
 from models.loading import inference_dtype
+from models.pipeline import TransparencySegmentationPipeline, overlay_mask
 from models.segmenter import load_predictor
 from utils.config import load_config
 
@@ -143,13 +147,6 @@ class Photos(torch.utils.data.Dataset):
             return path, name, None, str(error.__cause__ or error)
 
 
-def overlay(image: np.ndarray, binary: np.ndarray) -> Image.Image:
-    """The image with transparent regions tinted red."""
-    tinted = image.astype(np.float32)
-    tinted[binary] = 0.5 * tinted[binary] + 0.5 * np.array([255, 0, 0], dtype=np.float32)
-    return Image.fromarray(tinted.round().astype(np.uint8))
-
-
 def fail(message: str) -> None:
     print(f"predict.py: error: {message}", file=sys.stderr)
     sys.exit(2)
@@ -160,6 +157,23 @@ def report_unreadable(unreadable: Sequence[tuple[Path, str]]) -> None:
     for path, reason in unreadable:
         print(f"  {path}: {reason}", file=sys.stderr)
     print("Convert them (e.g. to 8-bit PNG or JPEG) or move them out of the input, and run again.", file=sys.stderr)
+
+
+def load_pipeline(args, device: torch.device) -> TransparencySegmentationPipeline:
+    """An exported pipeline folder as it is, or the pipeline of a training run (final model or checkpoint)."""
+    dtype = inference_dtype(args.mixed_precision, device)
+    path = args.transformer_path or args.output_dir
+    if (Path(path) / "model_index.json").is_file():
+        pipe = TransparencySegmentationPipeline.from_pretrained(path, dtype=dtype).to(device)
+    else:
+        predictor = load_predictor(args, path, device, dtype)
+        # processing and tta keys arrive with the proc branch; until then the square resize is the only processing.
+        processing = getattr(args, "processing", "square")
+        pipe = TransparencySegmentationPipeline.from_predictor(
+            predictor, args.max_sequence_length, args.resolution, processing, args.threshold
+        )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 def main() -> None:
@@ -183,11 +197,11 @@ def main() -> None:
     written = 0
     if inputs.images:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = inference_dtype(args.mixed_precision, device)
         try:
-            predictor = load_predictor(args, args.transformer_path or args.output_dir, device, dtype)
+            pipe = load_pipeline(args, device)
         except (FileNotFoundError, ValueError) as error:  # no weights there, or settings that differ from training
             fail(str(error))
+        tta = getattr(args, "tta", "none")
         loader = torch.utils.data.DataLoader(
             Photos(inputs.images),
             batch_size=args.eval_batch_size,
@@ -200,14 +214,18 @@ def main() -> None:
                 good = [(name, image) for _, name, image, _ in batch if image is not None]
                 if not good:
                     continue
-                pixels = torch.stack([model_pixels(Image.fromarray(image), args.resolution) for _, image in good])
-                raws = predictor.predict_raw(pixels.to(device))
-                for raw, (name, image) in zip(raws, good, strict=True):
-                    native = resize_raw(raw, image.shape[:2])
-                    binary = (native >= args.threshold).cpu().numpy()
-                    writer.submit(out_dir / f"{name}_raw.png", raw_to_png_array(native))
+                out = pipe(
+                    [image for _, image in good],
+                    batch_size=len(good),
+                    tta=tta,
+                    threshold=args.threshold,
+                    output_type="pt",
+                )
+                for raw, mask, (name, image) in zip(out.raw, out.mask, good, strict=True):
+                    binary = mask.cpu().numpy()
+                    writer.submit(out_dir / f"{name}_raw.png", raw_to_png_array(raw))
                     writer.submit(out_dir / f"{name}_mask.png", binary.astype(np.uint8) * 255)
-                    writer.submit(out_dir / f"{name}_overlay.png", overlay(image, binary))
+                    writer.submit(out_dir / f"{name}_overlay.png", overlay_mask(image, binary))
                     written += 1
     print(f"wrote {written} prediction(s) to {out_dir}")
     if unreadable:
