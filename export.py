@@ -74,11 +74,10 @@ def evaluations(transformer_path: Path) -> list[tuple[str, str]]:
     return found
 
 
-def check_output(output: Path, transformer_path: Path) -> None:
+def check_output(output: Path) -> None:
+    """Only an earlier export may be replaced: never a run, its weights or any other folder."""
     if output.exists() and not (output / "model_index.json").is_file():
         raise ExportError(f"--output {output} exists and is not an exported pipeline folder; choose a new folder")
-    if output.resolve() == transformer_path.resolve() or transformer_path.resolve() in output.resolve().parents:
-        raise ExportError(f"--output {output} is inside --transformer_path {transformer_path}; write it elsewhere")
 
 
 def export(transformer_path: Path, output: Path) -> None:
@@ -126,7 +125,7 @@ def push(folder: Path, repo_id: str, private: bool, dry_run: bool) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     try:
-        check_output(args.output, args.transformer_path)
+        check_output(args.output)
         export(args.transformer_path, args.output)
     except (ExportError, FileNotFoundError) as error:
         print(f"export.py: error: {error}", file=sys.stderr)
