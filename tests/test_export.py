@@ -10,6 +10,7 @@ import torch
 import yaml
 from launcher import REPO_ROOT, accelerate_command, run_command, tiny_overlay
 from PIL import Image
+from safetensors.torch import load_file
 
 from models.pipeline import TransparencySegmentationPipeline
 from models.segmenter import load_predictor
@@ -138,3 +139,20 @@ def test_export_of_a_zero3_checkpoint(tiny_assets, tmp_path):
     image = photo()
     raw = TransparencySegmentationPipeline.from_pretrained(out)(image).raw[0]
     assert np.array_equal(raw, reference_raw(run_dir, run_dir / "checkpoint-1", image))
+
+
+def test_export_of_a_lora_run_merges_the_adapter(run, tiny_assets, tmp_path):
+    """A LoRA run holds only the adapter: the export carries the merged transformer and needs no peft to load."""
+    lora = {"train_mode": "lora", "lora_rank": 4, "lora_alpha": 8, "learning_rate": 3e-3}
+    run_dir = train(run, tiny_assets, tmp_path, **lora)
+    assert not (run_dir / "transformer").exists()  # adapter only
+    out = tmp_path / "exported"
+    export("--transformer_path", run_dir, "--output", out)
+    assert not any("lora" in p.name for p in out.rglob("*"))
+    image = photo()
+    raw = TransparencySegmentationPipeline.from_pretrained(out)(image).raw[0]
+    assert np.array_equal(raw, reference_raw(run_dir, run_dir, image))
+    base = TransparencySegmentationPipeline.from_pretrained(out).transformer.state_dict()
+    untrained = load_file(str(tiny_assets["model"] / "transformer" / "diffusion_pytorch_model.safetensors"))
+    assert base.keys() == untrained.keys()
+    assert any(not torch.equal(base[key], untrained[key]) for key in base)  # the adapter was merged in
