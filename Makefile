@@ -9,7 +9,7 @@ LAUNCH := $(BIN)/accelerate launch --config_file configs/accelerate/cpu_1proc.ya
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: demo test lint install demo-assets clean-demo device-wheels
+.PHONY: demo test lint install demo-assets clean-demo device-wheels app app-install test-app
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,26 @@ lint: install
 
 clean-demo:
 	rm -rf demo_assets outputs/demo
+
+# The web demo: gradio and selenium go into .venv-app, which sees .venv's packages through a .pth file, so gradio's
+# pillow<13 pin never touches the core install. `make app` serves the model of `make demo`, exported afresh.
+APP_VENV := .venv-app
+$(APP_VENV)/.installed: $(BIN)/.installed requirements-app.txt
+	test -d $(APP_VENV) || $(BIN)/python -m venv $(APP_VENV)
+	$(BIN)/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])" \
+		> "$$($(APP_VENV)/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/core_venv.pth"
+	$(APP_VENV)/bin/pip install --quiet -r requirements-app.txt
+	touch $@
+
+app-install: $(APP_VENV)/.installed
+
+app: app-install
+	test -f outputs/demo/transformer/config.json || { echo "no demo model: run 'make demo' first"; exit 1; }
+	$(BIN)/python export.py --transformer_path outputs/demo --output outputs/demo/pipeline
+	$(APP_VENV)/bin/python app.py --model outputs/demo/pipeline
+
+test-app: app-install
+	$(APP_VENV)/bin/python -m pytest -q tests/test_app.py
 
 # What bench/gpu_rows.sh needs on the GPU machine beyond its image (torch, accelerate, transformers are there):
 # diffusers, and deepspeed (no binary wheel on PyPI: built here, pure Python; its ops compile there on first use)

@@ -50,6 +50,7 @@ from dataset.transforms import (
     place_in_canvas,
     sample_train_augmentation,
     to_upright_rgb,
+    upright_8bit,
     upright_size,
     valid_mask,
 )
@@ -301,12 +302,13 @@ def _decode_image(path: Path, min_size: Size | None) -> tuple[Image.Image, int, 
     with _reading(path, "image"), Image.open(path) as image:
         full_size = upright_size(image)
         draft_factor = draft_jpeg(image, min_size) if min_size is not None else 1
-        return to_upright_rgb(image), draft_factor, full_size
+        return to_upright_rgb(upright_8bit(image)), draft_factor, full_size
 
 
 def load_image(path: str | Path, draft_size: Size | None = None) -> Image.Image:
-    """Upright RGB image (EXIF orientation applied). ``draft_size`` (width, height) lets a JPEG decode at a
-    reduced scale that is still at least that size: much faster when the image will be shrunk anyway."""
+    """Upright RGB image (EXIF orientation applied; 16-bit and float grey scaled to 8 bits over their full range, see
+    dataset.transforms.upright_8bit). ``draft_size`` (width, height) lets a JPEG decode at a reduced scale that is
+    still at least that size: much faster when the image will be shrunk anyway."""
     image, _, _ = _decode_image(Path(path), draft_size)
     return image
 

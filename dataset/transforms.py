@@ -93,6 +93,39 @@ def to_upright_rgb(image: Image.Image) -> Image.Image:
     return ImageOps.exif_transpose(image).convert("RGB")
 
 
+# Grey modes with more than 8 bits per pixel. Pillow's convert("RGB") clips them at 255 instead of scaling: a 16-bit
+# 0..65535 gradient becomes 98% white and a 0..1 float image 98% black, so they are scaled by upright_8bit first.
+HIGH_BIT_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+def upright_8bit(image: Image.Image) -> Image.Image:
+    """A 16-bit, 32-bit integer or float grey image as an upright mode-L image over its full range; other modes as is.
+
+    16-bit (I;16*) and integer (I) values in 0..65535 map to round(value / 257); float (F) values in [0, 1] to
+    round(255 * value). Other ranges have no known full scale and raise ValueError with the range found. The EXIF
+    orientation is applied here because the scaled copy carries no EXIF; to_upright_rgb then finishes the job.
+    """
+    if image.mode not in HIGH_BIT_DEPTH_MODES:
+        return image
+    values = np.asarray(ImageOps.exif_transpose(image), dtype=np.float64)
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if image.mode == "F":
+        if not (np.isfinite(values).all() and 0.0 <= low and high <= 1.0):
+            raise ValueError(
+                f"float image (mode F) with values in [{low:g}, {high:g}], not [0, 1]: its brightness scale is "
+                "unknown; save it as 8- or 16-bit, or as float in [0, 1]"
+            )
+        scaled = values * 255.0
+    else:
+        if not (0.0 <= low and high <= 65535.0):
+            raise ValueError(
+                f"{image.mode} image with values in [{low:g}, {high:g}], beyond 16 bits (0..65535): its brightness "
+                "scale is unknown; save it as 8- or 16-bit"
+            )
+        scaled = values / 257.0
+    return Image.fromarray(np.round(scaled).astype(np.uint8))
+
+
 def check_mask_mode(mode: str) -> None:
     """Raise ValueError for modes that are not 8-bit grey, palette or RGB(A) (e.g. 16-bit or float masks)."""
     if mode not in MASK_MODES:

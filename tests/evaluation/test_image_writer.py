@@ -33,6 +33,36 @@ def test_writer_round_trips_arrays_and_pil_images(tmp_path):
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["a", "b", "grey.png", "pil.png", "rgb.png"]
 
 
+def test_fast_png_writes_the_same_pixels_and_modes_as_pillows_default(tmp_path):
+    """encode_png and the fast Pillow settings change only the bytes: decoding gives what Pillow's level 6 gave."""
+    generator = np.random.default_rng(3)
+    smooth = np.cumsum(generator.integers(-2, 3, (96, 128)), axis=1).clip(0, 255).astype(np.uint8)
+    images = {
+        "mask": (generator.random((96, 128)) > 0.7).astype(np.uint8) * 255,
+        "raw": smooth,
+        "overlay": generator.integers(0, 256, (96, 128, 3), dtype=np.uint8),
+        "rgba": generator.integers(0, 256, (9, 7, 4), dtype=np.uint8),
+        "one_column": generator.integers(0, 256, (5, 1, 3), dtype=np.uint8),
+        "one_row": generator.integers(0, 256, (1, 6), dtype=np.uint8),
+        "extremes": np.array([[0, 255, 0, 255], [255, 0, 255, 0]], dtype=np.uint8),  # Sub differences wrap mod 256
+        "pil_rgb": Image.fromarray(generator.integers(0, 256, (8, 9, 3), dtype=np.uint8)),
+        "pil_palette": Image.fromarray(generator.integers(0, 256, (8, 9, 3), dtype=np.uint8)).convert("P"),
+        "pil_bilevel": Image.fromarray(generator.random((8, 9)) > 0.5),
+    }
+    with BackgroundImageWriter() as writer:
+        for name, image in images.items():
+            writer.submit(tmp_path / f"{name}.png", image)
+    for name, image in images.items():
+        before_image = image if isinstance(image, Image.Image) else Image.fromarray(image)
+        before_image.save(tmp_path / f"{name}-level6.png", format="PNG", compress_level=6)
+        with Image.open(tmp_path / f"{name}.png") as fast, Image.open(tmp_path / f"{name}-level6.png") as before:
+            assert fast.mode == before.mode, name
+            assert np.array_equal(np.asarray(fast), np.asarray(before)), name
+            if fast.mode == "P":
+                assert fast.getpalette() == before.getpalette()
+            assert np.array_equal(np.asarray(fast), np.asarray(image)), name
+
+
 def test_writer_error_is_raised_on_close(tmp_path):
     blocker = tmp_path / "not_a_dir"
     blocker.write_text("a file where a directory is needed")
@@ -60,9 +90,9 @@ def test_writer_blocks_when_queue_is_full(tmp_path, monkeypatch):
     release = threading.Event()
     real_save = image_writer._save_png
 
-    def slow_save(path, image, compress_level):
+    def slow_save(path, image):
         release.wait(timeout=10)
-        real_save(path, image, compress_level)
+        real_save(path, image)
 
     monkeypatch.setattr(image_writer, "_save_png", slow_save)
     image = np.zeros((2, 2), dtype=np.uint8)
