@@ -23,13 +23,12 @@ from pathlib import Path
 import torch
 
 from evaluation.report import format_summary_table
-from models.loading import resolve_transformer_dir
+from models.loading import model_eval_location, resolve_transformer_dir
 from models.pipeline import TransparencySegmentationPipeline
 from models.segmenter import load_predictor
 from utils.atomic import atomic_write_text, replace_dir, temporary_sibling
 from utils.config import ConfigError, parse_config
 from utils.model_card import pipeline_model_card
-from val_inference import model_eval_location
 
 
 class ExportError(ValueError):
@@ -87,9 +86,8 @@ def export(transformer_path: Path, output: Path) -> None:
     except ConfigError as error:
         raise ExportError(f"the run's config.yaml: {error}") from error
     predictor = load_predictor(args, str(transformer_path), torch.device("cpu"), torch.float32)
-    processing = getattr(args, "processing", "square")  # the key arrives with the proc branch
     pipe = TransparencySegmentationPipeline.from_predictor(
-        predictor, args.max_sequence_length, args.resolution, processing, args.threshold
+        predictor, args.max_sequence_length, args.resolution, args.processing, args.threshold
     )
     staging = temporary_sibling(output, "export")
     try:

@@ -5,11 +5,13 @@
 
 Prediction runs through models.pipeline.TransparencySegmentationPipeline, built from the training run (or loaded
 from an exported folder, whose own resolution and settings then apply). Each image, of any size, is turned upright
-(EXIF orientation) and resized whole to resolution x resolution, with no crop or flip: the resize evaluation uses
-(dataset.trans10k.model_pixels). The raw prediction is resized back (bilinear) to the upright image's native size and
-thresholded there. Per image writes <name>_mask.png (binary 0/255),
-<name>_raw.png (round(255 * raw)) and <name>_overlay.png (transparent regions tinted red), where <name> is the file's
-stem, or, when two inputs share a stem (a.jpg, a.png), the file name with its dots as underscores (a_jpg, a_png).
+(EXIF orientation) and fitted into the resolution x resolution canvas as the model was trained (processing: square
+resizes it whole, keep_aspect fits its longest side and pads), with no crop: the fit evaluation uses
+(dataset.trans10k.model_pixels); --tta hflip averages with the mirror image. The raw prediction, padding cut off, is
+resized back (bilinear) to the upright image's native size and thresholded there. Per image writes <name>_mask.png
+(binary 0/255), <name>_raw.png (round(255 * raw)) and <name>_overlay.png (transparent regions tinted red), where
+<name> is the file's stem, or, when two inputs share a stem (a.jpg, a.png), the file name with its dots as
+underscores (a_jpg, a_png).
 
 Inputs are checked before the model loads: a folder's hidden files (.x, ._x.jpg) and files without an image suffix
 are not inputs, an animated image is skipped in a folder (predicted from its first frame when given alone), and
@@ -167,10 +169,8 @@ def load_pipeline(args, device: torch.device) -> TransparencySegmentationPipelin
         pipe = TransparencySegmentationPipeline.from_pretrained(path, dtype=dtype).to(device)
     else:
         predictor = load_predictor(args, path, device, dtype)
-        # processing and tta keys arrive with the proc branch; until then the square resize is the only processing.
-        processing = getattr(args, "processing", "square")
         pipe = TransparencySegmentationPipeline.from_predictor(
-            predictor, args.max_sequence_length, args.resolution, processing, args.threshold
+            predictor, args.max_sequence_length, args.resolution, args.processing, args.threshold
         )
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -201,7 +201,6 @@ def main() -> None:
             pipe = load_pipeline(args, device)
         except (FileNotFoundError, ValueError) as error:  # no weights there, or settings that differ from training
             fail(str(error))
-        tta = getattr(args, "tta", "none")
         loader = torch.utils.data.DataLoader(
             Photos(inputs.images),
             batch_size=args.eval_batch_size,
@@ -217,7 +216,7 @@ def main() -> None:
                 out = pipe(
                     [image for _, image in good],
                     batch_size=len(good),
-                    tta=tta,
+                    tta=args.tta,  # processing: the pipeline's own, what the weights were trained with
                     threshold=args.threshold,
                     output_type="pt",
                 )

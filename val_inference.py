@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -62,24 +61,10 @@ from evaluation.translab import (
     summarize_translab_subsets,
     translab_gt_classes,
 )
-from models.loading import inference_dtype, load_frozen_vae, resolve_transformer_dir
-from models.lora import LORA_DIR
+from models.loading import inference_dtype, load_frozen_vae, model_eval_location
 from models.segmenter import decode_raw_mask, encode_latents, load_predictor
 from utils.config import load_config
 from utils.run_snapshot import write_run_snapshot
-
-# The trainer's checkpoint folders (utils/checkpointing.py names them the same way).
-_CHECKPOINT_NAME = re.compile(r"checkpoint-\d+")
-
-
-def model_eval_location(transformer_path: str | Path) -> tuple[Path, str]:
-    """(folder, name prefix) of a model's default evaluation: `<run>/eval-...` for a run's final model,
-    `<run>/eval-checkpoint-<N>-...` for one of its checkpoints, `<folder>/eval-...` for any other weights folder."""
-    transformer_dir = resolve_transformer_dir(transformer_path).resolve()
-    model_dir = transformer_dir.parent if transformer_dir.name in ("transformer", LORA_DIR) else transformer_dir
-    if _CHECKPOINT_NAME.fullmatch(model_dir.name):
-        return model_dir.parent, f"{model_dir.name}-"
-    return model_dir, ""
 
 
 def eval_output_dir(args: argparse.Namespace) -> Path:

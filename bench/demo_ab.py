@@ -34,6 +34,7 @@ class Variant:
     trained_as: str | None = None  # reuse this variant's training run (evaluation-only variants)
 
 
+KEEP = "keep_aspect"
 # keep_aspect cannot train from cached latents (utils.config.check_combinations), so its square twin trains uncached
 # too: the two rows differ in processing only.
 VARIANTS = {
@@ -42,7 +43,7 @@ VARIANTS = {
     "latent_mse+pixel": Variant(("--loss", "latent_mse+pixel")),
     "tta_hflip": Variant(eval_args=("--tta", "hflip"), trained_as="latent_mse"),
     "square_uncached": Variant(("--cache_latents", "false")),
-    "keep_aspect": Variant(("--cache_latents", "false", "--processing", "keep_aspect"), ("--processing", "keep_aspect")),
+    "keep_aspect": Variant(("--cache_latents", "false", "--processing", KEEP), ("--processing", KEEP)),
 }
 
 
@@ -75,7 +76,8 @@ def evaluate(name: str, seed: int, run_dir: Path, root: Path) -> dict:
     out_dir = root / f"{name}-s{seed}.eval"
     metrics_path = out_dir / "metrics.json"
     if not metrics_path.is_file():
-        flags = ["--config", "configs/demo.yaml", "--transformer_path", str(run_dir), "--eval_output_dir", str(out_dir)]
+        flags = ["--config", "configs/demo.yaml", "--transformer_path", str(run_dir), "--eval_output_dir"]
+        flags.append(str(out_dir))
         run([*LAUNCH, "val_inference.py", *flags, *VARIANTS[name].eval_args], root / f"{name}-s{seed}.eval.log")
     return json.loads(metrics_path.read_text())["subsets"]["mix"]["dataset"]
 

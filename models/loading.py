@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import yaml
 from diffusers import AutoencoderKL, SD3Transformer2DModel
 
 from models.lora import LORA_DIR, LORA_WEIGHTS, load_lora_transformer
+from utils.checkpointing import BEST, best_record
 
 
 def precision_dtype(mixed_precision: str) -> torch.dtype:
@@ -51,6 +53,23 @@ def resolve_transformer_dir(path: str | Path) -> Path:
         f"{path / LORA_DIR}; pass the trainer's output_dir, one of its checkpoint-<step>/ folders, or a folder "
         "written by save_pretrained"
     )
+
+
+# The trainer's checkpoint folders (utils/checkpointing.py names them the same way).
+_CHECKPOINT_NAME = re.compile(r"checkpoint-\d+")
+
+
+def model_eval_location(transformer_path: str | Path) -> tuple[Path, str]:
+    """(folder, name prefix) of a model's default evaluation: `<run>/eval-...` for a run's final model,
+    `<run>/eval-checkpoint-<N>-...` for one of its checkpoints, `<run>/eval-checkpoint-best-step<N>-...` for the best
+    one (the step it held then: a later, better best gets its own folder), `<folder>/eval-...` for any other folder."""
+    transformer_dir = resolve_transformer_dir(transformer_path).resolve()
+    model_dir = transformer_dir.parent if transformer_dir.name in ("transformer", LORA_DIR) else transformer_dir
+    if _CHECKPOINT_NAME.fullmatch(model_dir.name):
+        return model_dir.parent, f"{model_dir.name}-"
+    if model_dir.name == BEST and (record := best_record(model_dir.parent)) is not None:
+        return model_dir.parent, f"{BEST}-step{record['step']}-"
+    return model_dir, ""
 
 
 def is_lora_dir(folder: Path) -> bool:

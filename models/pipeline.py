@@ -27,14 +27,13 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from dataset.trans10k import model_pixels
-from dataset.transforms import resize_raw, to_upright_rgb, upright_8bit
+from dataset.transforms import content_size_of, resize_raw, to_upright_rgb, upright_8bit
 from models.segmenter import MaskPredictor, check_resolution
 from utils.atomic import atomic_path
 
 CONDITIONING_FILE = "conditioning/empty_prompt.safetensors"
 COMPONENTS = ("vae", "transformer")
 PROCESSING_CHOICES = ("square", "keep_aspect")
-SUPPORTED_PROCESSING = ("square",)  # keep_aspect arrives with the proc branch (dataset/model preprocessing)
 TTA_CHOICES = ("none", "hflip")
 MASK_CLASSES_CHOICES = ("binary",)  # this repo trains binary masks; things/stuff classes are not trained yet
 OUTPUT_TYPES = ("np", "pt", "pil")
@@ -81,14 +80,9 @@ class TransparencySegmentationOutput(BaseOutput):
         return result
 
 
-def _check_choice(name: str, value: object, choices: tuple, supported: tuple | None = None) -> None:
+def _check_choice(name: str, value: object, choices: tuple) -> None:
     if value not in choices:
         raise ValueError(f"{name} {value!r}: expected one of {', '.join(choices)}")
-    if supported is not None and value not in supported:
-        raise ValueError(
-            f"{name} {value!r} is not available in this version (supported: {', '.join(supported)}); it lands with "
-            "the keep_aspect/tta preprocessing of the proc branch"
-        )
 
 
 def _check_threshold(threshold: float) -> None:
@@ -150,7 +144,7 @@ class TransparencySegmentationPipeline(DiffusionPipeline):
         threshold: float = 0.5,
     ) -> None:
         super().__init__()
-        _check_choice("processing", processing, PROCESSING_CHOICES, SUPPORTED_PROCESSING)
+        _check_choice("processing", processing, PROCESSING_CHOICES)
         _check_choice("mask_classes", mask_classes, MASK_CLASSES_CHOICES)
         _check_threshold(threshold)
         self.register_modules(vae=vae, transformer=transformer)
@@ -244,13 +238,13 @@ class TransparencySegmentationPipeline(DiffusionPipeline):
         pipe.set_conditioning(predictor.prompt_embeds, predictor.pooled_prompt_embeds)
         return pipe
 
-    def predictor(self) -> MaskPredictor:
-        """models.segmenter's predictor on this pipeline's weights: the one implementation of the latent maths."""
+    def predictor(self, tta: str = "none") -> MaskPredictor:
+        """models.segmenter's predictor on this pipeline's weights: the one implementation of the latent maths (and
+        of the flip ensembling)."""
         if self.prompt_embeds is None:
             raise ValueError("no conditioning set: load with from_pretrained or call set_conditioning first")
-        return MaskPredictor(
-            self.vae, self.transformer, self.prompt_embeds, self.pooled_prompt_embeds, self.config.timestep
-        )
+        embeds, pooled = self.prompt_embeds, self.pooled_prompt_embeds
+        return MaskPredictor(self.vae, self.transformer, embeds, pooled, self.config.timestep, tta=tta)
 
     # ---- inference
 
@@ -263,6 +257,7 @@ class TransparencySegmentationPipeline(DiffusionPipeline):
         tta: str,
         threshold: float,
         output_type: str,
+        processing: str,
     ) -> list[np.ndarray]:
         """Every argument checked before any compute; returns the inputs as upright uint8 [H, W, 3] arrays."""
         if not isinstance(processing_resolution, int) or processing_resolution < 1:
@@ -273,6 +268,7 @@ class TransparencySegmentationPipeline(DiffusionPipeline):
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size {batch_size!r}: expected a positive int")
         _check_choice("tta", tta, TTA_CHOICES)
+        _check_choice("processing", processing, PROCESSING_CHOICES)
         _check_threshold(threshold)
         _check_choice("output_type", output_type, OUTPUT_TYPES)
         if isinstance(images, torch.Tensor) and images.dim() == 4:
@@ -282,13 +278,6 @@ class TransparencySegmentationPipeline(DiffusionPipeline):
         if not images:
             raise ValueError("images: got an empty list; pass one image or a list of images")
         return [_to_rgb_array(image, index) for index, image in enumerate(images)]
-
-    def _predict_raw(self, predictor: MaskPredictor, pixels: torch.Tensor, tta: str) -> torch.Tensor:
-        """[B, 3, R, R] in [-1, 1] -> [B, R, R] in [0, 1]; hflip averages with the mirrored image's mirrored mask."""
-        raw = predictor.predict_raw(pixels)  # [B,R,R]
-        if tta == "hflip":
-            raw = (raw + predictor.predict_raw(pixels.flip(-1)).flip(-1)) / 2  # [B,R,R]
-        return raw
 
     @torch.no_grad()
     def __call__(
@@ -300,28 +289,35 @@ class TransparencySegmentationPipeline(DiffusionPipeline):
         tta: str = "none",
         threshold: float | None = None,
         output_type: str = "np",
+        processing: str | None = None,
     ) -> TransparencySegmentationOutput:
         """Segment one image or a list (PIL, numpy uint8 / float [0, 1], tensor [3, H, W] or [N, 3, H, W]).
 
         processing_resolution: the square side the model sees (None = config.resolution, what it was trained at).
         match_input_resolution: resize raw back to each input's size (bilinear) before thresholding; else keep it at
-        processing_resolution. threshold: None = config.threshold.
+        processing_resolution. threshold: None = config.threshold. processing: "square" resizes each image whole to the
+        square, "keep_aspect" fits its longest side and pads (the padding is cut off before resizing back); None =
+        config.processing, what the weights were trained with. tta "hflip" averages with the mirrored image.
         """
         # 1. Check every input before any compute
         resolution = self.config.resolution if processing_resolution is None else processing_resolution
         threshold = self.config.threshold if threshold is None else threshold
-        arrays = self.check_inputs(images, resolution, match_input_resolution, batch_size, tta, threshold, output_type)
-        predictor = self.predictor()
+        processing = self.config.processing if processing is None else processing
+        arrays = self.check_inputs(
+            images, resolution, match_input_resolution, batch_size, tta, threshold, output_type, processing
+        )
+        predictor = self.predictor(tta)
         device = self._execution_device
 
-        # 2. Predict in batches: resize whole to the square (as evaluation), one transformer step, decode
+        # 2. Predict in batches: fit into the canvas (as evaluation), one transformer step, decode, cut the padding
         raws = []
         for start in self.progress_bar(range(0, len(arrays), batch_size)):
-            chunk = arrays[start : start + batch_size]
-            pixels = torch.stack([model_pixels(Image.fromarray(a), resolution) for a in chunk]).to(device)  # [B,3,R,R]
-            raw = self._predict_raw(predictor, pixels, tta)  # [B,R,R]
-            for one, array in zip(raw, chunk, strict=True):
-                raws.append(resize_raw(one, array.shape[:2]) if match_input_resolution else one)  # [H,W]
+            images_rgb = [Image.fromarray(a) for a in arrays[start : start + batch_size]]
+            boxes = [content_size_of(image.size, resolution, processing) for image in images_rgb]  # (h, w) each
+            pixels = torch.stack([model_pixels(i, resolution, b) for i, b in zip(images_rgb, boxes, strict=True)])
+            contents = predictor.predict_content(pixels.to(device), boxes)  # [h, w] each, padding removed
+            for one, image in zip(contents, images_rgb, strict=True):
+                raws.append(resize_raw(one, image.size[::-1]) if match_input_resolution else one)  # [H, W]
 
         # 3. Threshold and convert
         masks = [raw >= threshold for raw in raws]
