@@ -40,7 +40,8 @@ def reference_raw(run_dir: Path, weights: Path, image: np.ndarray) -> np.ndarray
 
     args, _ = parse_config(["--config", str(run_dir / "config.yaml")])
     predictor = load_predictor(args, str(weights), torch.device("cpu"), torch.float32)
-    raw = predictor.predict_raw(model_pixels(Image.fromarray(image), args.resolution)[None])[0]
+    square = (args.resolution, args.resolution)  # the runs here train with processing square
+    raw = predictor.predict_raw(model_pixels(Image.fromarray(image), args.resolution, square)[None])[0]
     return resize_raw(raw, image.shape[:2]).numpy()
 
 
