@@ -4,6 +4,7 @@
     python -m bench.flops_and_memory --parts flops   # FLOP counts only (~15 s)
     python -m bench.flops_and_memory --parts memory --gradient_checkpointing off
     python -m bench.flops_and_memory --parts memory --train_mode lora   # LoRA: frozen bf16 base, fp32 adapters
+    python -m bench.flops_and_memory --parts pixel_loss  # what loss: pixel adds: decoder in the graph (~1-5 min)
 
 FLOPs: torch's FlopCounterMode counts the real architecture (random init, built on the meta device: no memory, no
 compute): transformer forward + backward for one sample, VAE encode of one image, VAE decode of one latent. Attention
@@ -19,6 +20,12 @@ a GPU would hold (tensor memory; no allocator fragmentation, CUDA context or lib
 (models.lora.add_lora: `--lora_rank`, alpha = rank, config.yaml's `lora_target_modules`) in fp32, fused AdamW states
 for the adapters only. Other memory options (8-bit optimizer states, ZeRO-2 with optimizer offload) are derived from
 that breakdown and labelled as estimates.
+
+Pixel loss (`--parts pixel_loss`): what `loss: pixel` adds to a step, the frozen bf16 VAE decoder run inside autograd
+on the predicted mask latents, BCE + soft Dice (models.losses.bce_dice) and the backward through the decoder to those
+latents (the decoder's weights get no gradient). FLOPs counted on the meta device; memory tracked the same way as the
+step (FakeTensor + MemTracker), with and without decoder gradient checkpointing. The decoder runs after the
+transformer's forward, while its activations are alive, so the decoder's peak adds to the step's peak.
 """
 
 from __future__ import annotations
@@ -41,6 +48,8 @@ from bench.common import (
     TrainFlops,
     attention_forward_flops,
     build_transformer,
+    build_vae,
+    count_flops,
     default_dtype,
     run_header,
     tera,
@@ -50,8 +59,8 @@ from bench.common import (
 )
 from demo.assets import SD35_MEDIUM_TRANSFORMER_CONFIG, SD35_MEDIUM_VAE_CONFIG
 from models.lora import add_lora
-from models.losses import LOSSES
-from models.segmenter import MaskPredictor, encode_latents
+from models.losses import LOSSES, bce_dice
+from models.segmenter import MaskPredictor, decode_raw_mask_unclamped, encode_latents
 from utils.config import read_specs
 from utils.measure import count_parameters
 from utils.tables import markdown_table
@@ -63,7 +72,9 @@ MATMUL_OPS = ("aten.bmm", "aten.baddbmm")
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--parts", nargs="+", choices=("flops", "memory"), default=["flops", "memory"])
+    parser.add_argument(
+        "--parts", nargs="+", choices=("flops", "memory", "pixel_loss"), default=["flops", "memory", "pixel_loss"]
+    )
     parser.add_argument("--resolution", type=int, default=1024)
     parser.add_argument("--text_tokens", type=int, default=TEXT_TOKENS, help="77 CLIP + 256 T5 tokens")
     parser.add_argument(
@@ -425,6 +436,76 @@ def print_options_table(args: argparse.Namespace, runs: Sequence[MemoryRun]) -> 
     )
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# Pixel loss: the decoder inside the graph
+
+
+def pixel_loss_step(vae: AutoencoderKL, latents: torch.Tensor, gt_mask: torch.Tensor) -> None:
+    """trainer.py's pixel term for predicted latents that need a gradient: decode in autograd, BCE + Dice, backward."""
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        raw = decode_raw_mask_unclamped(vae, latents)
+    bce_dice(raw, gt_mask).backward()
+
+
+def pixel_loss_inputs(args: argparse.Namespace, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    side, latent_side = args.resolution, args.resolution // 8
+    channels = SD35_MEDIUM_VAE_CONFIG["latent_channels"]
+    latents = torch.randn(args.batch_size, channels, latent_side, latent_side, device=device, requires_grad=True)
+    return latents, torch.rand(args.batch_size, 1, side, side, device=device).round()
+
+
+def track_pixel_loss_memory(args: argparse.Namespace, checkpointing: bool) -> tuple[dict[str, int], float]:
+    """(peak by kind, seconds) of the pixel term alone on fake tensors; the bf16 VAE's weights are counted apart."""
+    started = time.perf_counter()
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        with default_dtype(torch.bfloat16):
+            vae = AutoencoderKL(**SD35_MEDIUM_VAE_CONFIG).requires_grad_(False).eval()
+        if checkpointing:
+            vae.enable_gradient_checkpointing()
+        latents, gt_mask = pixel_loss_inputs(args, "cpu")
+        tracker = StepMemTracker()
+        tracker.track_external(vae)
+        with tracker:
+            pixel_loss_step(vae, latents, gt_mask)
+        if any(p.grad is not None for p in vae.parameters()):
+            raise RuntimeError("the frozen VAE received gradients: the estimate would not match trainer.py")
+        peak = breakdown(tracker.get_tracker_snapshot("peak"))
+    return peak, time.perf_counter() - started
+
+
+def pixel_loss_report(args: argparse.Namespace) -> None:
+    vae = build_vae(SD35_MEDIUM_VAE_CONFIG, "meta")  # FLOPs do not depend on the dtype
+    latents, gt_mask = pixel_loss_inputs(args, "meta")
+    with torch.no_grad():
+        decode = count_flops(lambda: vae.decode(latents.detach()).sample)
+    train = count_flops(lambda: pixel_loss_step(vae, latents, gt_mask))
+    step = transformer_train_flops(SD35_MEDIUM_TRANSFORMER_CONFIG, args.resolution, args.text_tokens)
+    print(f"\nloss: pixel, extra FLOPs per sample at {args.resolution} px (counted, TFLOP)\n")
+    rows = [
+        ("VAE decode (inference, no grad)", tera(decode.total), "-"),
+        ("pixel term: decode in autograd + BCE/Dice + backward to the latents", tera(train.total), "-"),
+        ("training step, cached latents, latent_mse", tera(step.total), "1.00"),
+        ("training step, cached latents, latent_mse+pixel", tera(step.total + train.total), ""),
+    ]
+    rows[-1] = (*rows[-1][:2], f"{(step.total + train.total) / step.total:.2f}")
+    print(markdown_table(("part", "TFLOP", "x latent_mse step"), rows))
+    weights = sum(p.numel() for p in vae.parameters()) * 2
+    print(f"\npixel term memory, {args.resolution} px, batch {args.batch_size}, bf16 VAE (FakeTensor + MemTracker)\n")
+    rows = []
+    for setting in args.gradient_checkpointing:
+        peak, seconds = track_pixel_loss_memory(args, setting == "on")
+        extra = peak["total"] - peak["weights"]
+        rows.append((setting, gib(peak["total"]), gib(peak["weights"]), gib(extra), f"{seconds:.0f}"))
+        print(f"(decoder gradient checkpointing {setting}: tracked in {seconds:.0f} s)", flush=True)
+    header = ("decoder grad ckpt", "peak", "VAE weights (bf16)", "added to the step", "tracked in s")
+    print(markdown_table(header, rows))
+    print(
+        f"\nThe VAE's weights ({gib(weights)} GiB in bf16) are already in every step's memory (it encodes in the "
+        "step or built the cache); what the pixel term adds is the rest, alive together with the transformer's "
+        "saved activations during the decoder's forward and backward."
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     print(run_header("# SD3.5-medium FLOPs and memory (CPU-side: meta device and FakeTensor)", torch.device("cpu")))
@@ -432,6 +513,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         flops_report(args)
     if "memory" in args.parts:
         memory_report(args)
+    if "pixel_loss" in args.parts:
+        pixel_loss_report(args)
 
 
 if __name__ == "__main__":
