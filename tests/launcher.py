@@ -66,3 +66,16 @@ def tiny_overlay(assets: dict[str, Path], output_dir: Path, **overrides) -> dict
         "num_sample_panels": 1,
         **overrides,
     }
+
+
+def logged(run_dir: Path, tag: str) -> dict[int, float]:
+    """A scalar the trainer logged to tensorboard (RUN/logs), by step."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    values = {}
+    for path in (run_dir / "logs").rglob("events.out.tfevents.*"):
+        events = EventAccumulator(str(path), size_guidance={"scalars": 0})
+        events.Reload()
+        if tag in events.Tags()["scalars"]:
+            values.update({event.step: event.value for event in events.Scalars(tag)})
+    return dict(sorted(values.items()))

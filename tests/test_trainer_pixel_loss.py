@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from launcher import REPO_ROOT, accelerate_command, run_command, run_script, tiny_overlay
+from launcher import REPO_ROOT, accelerate_command, logged, run_command, run_script, tiny_overlay
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -33,18 +33,6 @@ def weights(folder: Path) -> dict[str, torch.Tensor]:
 
 def base_weights(tiny_assets) -> dict[str, torch.Tensor]:
     return load_file(str(tiny_assets["model"] / "transformer" / "diffusion_pytorch_model.safetensors"))
-
-
-def logged(run_dir: Path, tag: str) -> dict[int, float]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    values = {}
-    for path in (run_dir / "logs").rglob("events.out.tfevents.*"):
-        events = EventAccumulator(str(path), size_guidance={"scalars": 0})
-        events.Reload()
-        if tag in events.Tags()["scalars"]:
-            values.update({event.step: event.value for event in events.Scalars(tag)})
-    return dict(sorted(values.items()))
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ import torch
 import yaml
 from diffusers import SD3Transformer2DModel
 from diffusers.optimization import get_scheduler
-from launcher import REPO_ROOT, accelerate_command, launch_env, run_command, tiny_overlay
+from launcher import REPO_ROOT, accelerate_command, launch_env, logged, run_command, tiny_overlay
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -70,18 +70,6 @@ def launcher(setup: str, workdir: Path) -> list[str]:
 
 def weights(folder: Path) -> dict[str, torch.Tensor]:
     return load_file(str(folder / "diffusion_pytorch_model.safetensors"))
-
-
-def logged(run_dir: Path, tag: str) -> dict[int, float]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    values = {}
-    for path in (run_dir / "logs").rglob("events.out.tfevents.*"):
-        events = EventAccumulator(str(path), size_guidance={"scalars": 0})
-        events.Reload()
-        if tag in events.Tags()["scalars"]:
-            values.update({event.step: event.value for event in events.Scalars(tag)})
-    return dict(sorted(values.items()))
 
 
 def reference_lrs() -> dict[int, float]:
