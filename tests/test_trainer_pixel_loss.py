@@ -136,9 +136,11 @@ def test_checkpoint_best_evaluates_and_predicts_by_its_name(best_run, tiny_asset
     config = str(best_run / "config.yaml")
     common = ["--config", config, "--transformer_path", str(best_run / BEST)]
     run_script("val_inference.py", *common, "--split", "validation", "--eval_protocol", "square")
-    metrics_file = next((best_run / BEST).glob("eval-validation-*-square/metrics.json"))
-    metrics = json.loads(metrics_file.read_text())
     record = json.loads((best_run / BEST / "best.json").read_text())
+    # Its evaluation sits beside the run's other evaluations, named by the step the best held (a later best that
+    # replaces checkpoint-best/ does not delete it, nor is confused with it).
+    metrics_file = next(best_run.glob(f"eval-{BEST}-step{record['step']}-validation-*-square/metrics.json"))
+    metrics = json.loads(metrics_file.read_text())
     assert metrics["subsets"]["mix"]["num_images"] == 5
     # The trainer scores the 8-bit quantised raw, as val_inference does: the same IoU up to float reordering.
     assert metrics["subsets"]["mix"]["dataset"]["iou"] == pytest.approx(record["val/iou"], abs=1e-6)
