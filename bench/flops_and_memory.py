@@ -375,7 +375,7 @@ def memory_report(args: argparse.Namespace) -> None:
     for setting in args.gradient_checkpointing:
         runs.append(track_training_memory(args, setting == "on"))
         print(f"(gradient checkpointing {setting}: tracked in {runs[-1].seconds:.0f} s)", flush=True)
-    print_tracked_table(args, runs)
+        print_tracked_table(args, runs[-1:])  # each row as soon as it exists: a LoRA row takes most of an hour here
     if args.train_mode == "full":  # the options below rework fp32 master weights and full-size optimizer states
         print_options_table(args, runs)
 
