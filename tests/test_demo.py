@@ -28,7 +28,7 @@ def test_demo_config_trains_and_validates_end_to_end(tiny_assets, run, tmp_path)
 
     run("val_inference.py", "--config", "configs/demo.yaml", *paths, "--oracle", "vae_roundtrip")
     model = run("val_inference.py", "--config", "configs/demo.yaml", *paths)
-    eval_dir = tmp_path / "demo" / "eval-test-64px-thr0.5-native"
+    eval_dir = tmp_path / "demo" / "eval-test-64px-thr0.5-native-tta_hflip"  # configs/demo.yaml evaluates with tta
     metrics = json.loads((eval_dir / "metrics.json").read_text())
     assert metrics["subsets"]["mix"]["num_images"] == 7
     assert "| mix |" in model.stdout and "VAE round-trip ceiling" in model.stdout
