@@ -1,4 +1,5 @@
-"""The processing and tta keys: their choices, and cache_latents + keep_aspect refused for training only."""
+"""The processing and tta keys: their choices, and cache_latents + keep_aspect refused for training only; training
+with mask_classes things_stuff refused (not implemented)."""
 
 import pytest
 
@@ -31,3 +32,9 @@ def test_cache_latents_with_keep_aspect_is_refused_for_training_with_the_fix():
     parse("--processing", "keep_aspect", training=True)  # uncached: fine
     # Evaluation never reads cache_latents: a cached run's config.yaml still evaluates with keep_aspect.
     assert parse(*flags).processing == "keep_aspect"
+
+
+def test_training_a_things_stuff_model_is_refused_not_trained_binary():
+    with pytest.raises(ConfigError, match="mask_classes = things_stuff: training a things/stuff model is not"):
+        parse("--mask_classes", "things_stuff", training=True)
+    assert parse("--mask_classes", "things_stuff").mask_classes == "things_stuff"  # scoring class maps still works
