@@ -28,13 +28,13 @@ from safetensors.torch import load_file, save_file
 
 from dataset.trans10k import model_pixels
 from dataset.transforms import content_size_of, resize_raw, to_upright_rgb, upright_8bit
-from models.segmenter import MaskPredictor, check_resolution
+from models.segmenter import TTA_MODES, MaskPredictor, check_resolution
 from utils.atomic import atomic_path
 
 CONDITIONING_FILE = "conditioning/empty_prompt.safetensors"
 COMPONENTS = ("vae", "transformer")
 PROCESSING_CHOICES = ("square", "keep_aspect")
-TTA_CHOICES = ("none", "hflip")
+TTA_CHOICES = TTA_MODES  # the flip ensembling is MaskPredictor's
 MASK_CLASSES_CHOICES = ("binary",)  # this repo trains binary masks; things/stuff classes are not trained yet
 OUTPUT_TYPES = ("np", "pt", "pil")
 OVERLAY_RED = np.array([255, 0, 0], dtype=np.float32)

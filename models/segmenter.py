@@ -23,11 +23,15 @@ def encode_latents(vae: AutoencoderKL, pixel_values: torch.Tensor) -> torch.Tens
     return (mode - vae.config.shift_factor) * vae.config.scaling_factor
 
 
+def _vae_latents(vae: AutoencoderKL, mask_latents: torch.Tensor) -> torch.Tensor:
+    """Normalised latents back to the VAE's own scale (the inverse of encode_latents' normalisation)."""
+    return mask_latents.to(vae.dtype) / vae.config.scaling_factor + vae.config.shift_factor
+
+
 def decode_raw_mask(vae: AutoencoderKL, mask_latents: torch.Tensor) -> torch.Tensor:
     """Normalised mask latents -> raw mask [B, H, W] in [0, 1]: decode, map [-1,1] to [0,1], average the channels."""
-    latents = mask_latents.to(vae.dtype) / vae.config.scaling_factor + vae.config.shift_factor
     with torch.no_grad():
-        decoded = vae.decode(latents).sample
+        decoded = vae.decode(_vae_latents(vae, mask_latents)).sample
     return (decoded.float() / 2 + 0.5).clamp(0, 1).mean(dim=1)
 
 
@@ -39,8 +43,7 @@ def decode_raw_mask_unclamped(vae: AutoencoderKL, mask_latents: torch.Tensor) ->
     is left to the loss (models/losses.inward_clamp): a hard clamp has zero gradient wherever the decoder overshoots,
     which is exactly where a wrong pixel (raw > 1 on background) most needs one. Decoder gradient checkpointing, when
     enabled on the VAE (`vae.enable_gradient_checkpointing()`), applies here: the decoder runs with gradients on."""
-    latents = mask_latents.to(vae.dtype) / vae.config.scaling_factor + vae.config.shift_factor
-    decoded = vae.decode(latents).sample  # [B, 3, H, W] in about [-1, 1]
+    decoded = vae.decode(_vae_latents(vae, mask_latents)).sample  # [B, 3, H, W] in about [-1, 1]
     return (decoded.float() / 2 + 0.5).mean(dim=1, keepdim=True)
 
 
