@@ -113,10 +113,18 @@ def test_sigusr1_reaches_the_trainer_not_the_launcher_and_the_job_requeues(fake_
     env = {**fake_slurm, "SLURM_NNODES": "1", "FAKE_TRAINER": TRAINER}
     process = subprocess.Popen(["bash", str(SCRIPT)], env=env, cwd=tmp_path)
     deadline = time.monotonic() + 60
-    while not (tmp_path / "trainer-ready").exists() and time.monotonic() < deadline:
+    ready, task_pid = tmp_path / "trainer-ready", tmp_path / "task-0.pid"  # the stub srun writes the pid after `&`
+    while not (ready.exists() and task_pid.exists() and task_pid.read_text().strip()) and time.monotonic() < deadline:
         time.sleep(0.05)
-    task = int((tmp_path / "task-0.pid").read_text())
+    task = int(task_pid.read_text())
     os.kill(task, signal.SIGUSR1)  # what --signal=USR1@120 sends to the step's task
     assert process.wait(timeout=60) == 0
     assert (tmp_path / "stopped").read_text() == "USR1"  # the trainer's handler ran; it exited 0
     assert log_lines(tmp_path)[-1] == "scontrol requeue 4242"
+
+
+def test_a_crashed_trainer_fails_the_job_and_is_not_requeued(fake_slurm, tmp_path):
+    env = {**fake_slurm, "SLURM_NNODES": "1", "FAKE_TRAINER": "import sys; sys.exit(3)"}
+    result = subprocess.run(["bash", str(SCRIPT)], env=env, cwd=tmp_path)
+    assert result.returncode == 3  # the launcher's own status, not a 138 or 0 from the wait loop
+    assert not any(line.startswith("scontrol") for line in log_lines(tmp_path))
