@@ -9,7 +9,8 @@ from an exported folder, whose own resolution and settings then apply). Each ima
 resizes it whole, keep_aspect fits its longest side and pads), with no crop: the fit evaluation uses
 (dataset.trans10k.model_pixels); --tta hflip averages with the mirror image. The raw prediction, padding cut off, is
 resized back (bilinear) to the upright image's native size and thresholded there. Per image writes <name>_mask.png
-(binary 0/255), <name>_raw.png (round(255 * raw)) and <name>_overlay.png (transparent regions tinted red), where
+(binary 0/255), <name>_raw.png (round(255 * raw)) and <name>_overlay.png (transparent regions tinted red), and for a
+things/stuff model (mask_classes things_stuff) <name>_classes.png (mode L: 0 background, 1 things, 2 stuff), where
 <name> is the file's stem, or, when two inputs share a stem (a.jpg, a.png), the file name with its dots as
 underscores (a_jpg, a_png).
 
@@ -220,11 +221,14 @@ def main() -> None:
                     threshold=args.threshold,
                     output_type="pt",
                 )
-                for raw, mask, (name, image) in zip(out.raw, out.mask, good, strict=True):
+                classes = out.classes if out.classes is not None else [None] * len(good)
+                for raw, mask, class_map, (name, image) in zip(out.raw, out.mask, classes, good, strict=True):
                     binary = mask.cpu().numpy()
                     writer.submit(out_dir / f"{name}_raw.png", raw_to_png_array(raw))
                     writer.submit(out_dir / f"{name}_mask.png", binary.astype(np.uint8) * 255)
                     writer.submit(out_dir / f"{name}_overlay.png", overlay_mask(image, binary))
+                    if class_map is not None:  # mask_classes things_stuff: 0 background, 1 things, 2 stuff
+                        writer.submit(out_dir / f"{name}_classes.png", class_map.cpu().numpy())
                     written += 1
     print(f"wrote {written} prediction(s) to {out_dir}")
     if unreadable:

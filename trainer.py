@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from dataset.latent_cache import CachedLatentsTrain, build_latent_cache, latent_cache_dir
 from dataset.trans10k import TrainSampler, Trans10kEval, Trans10kTrain, eval_collate, validate_split
-from dataset.transforms import crop_to_content, tensor_to_image
+from dataset.transforms import crop_to_content, target_channels, tensor_to_image
 from evaluation.image_writer import render_panel
 from evaluation.metrics import summarize
 from evaluation.scoring import score_batch
@@ -101,6 +101,7 @@ def build_train_dataset(args: argparse.Namespace, samples: list, vae, accelerato
             args.random_crop_scale,
             args.seed,
             processing=args.processing,
+            mask_classes=args.mask_classes,
         )
     cache_dir = latent_cache_dir(
         cache_root(args.cache_dir),
@@ -111,12 +112,21 @@ def build_train_dataset(args: argparse.Namespace, samples: list, vae, accelerato
         args.resolution,
         args.random_flip,
         samples,
+        args.mask_classes,
     )
     build_latent_cache(
-        cache_dir, samples, args.resolution, args.random_flip, vae, encode_latents, accelerator, args.eval_batch_size
+        cache_dir,
+        samples,
+        args.resolution,
+        args.random_flip,
+        vae,
+        encode_latents,
+        accelerator,
+        args.eval_batch_size,
+        args.mask_classes,
     )
     logger.info(f"training from cached latents in {cache_dir}")
-    return CachedLatentsTrain(samples, cache_dir, args.resolution, args.random_flip, args.seed)
+    return CachedLatentsTrain(samples, cache_dir, args.resolution, args.random_flip, args.seed, args.mask_classes)
 
 
 def build_dataloaders(args: argparse.Namespace, train_dataset, val_samples: list | None):
@@ -132,7 +142,10 @@ def build_dataloaders(args: argparse.Namespace, train_dataset, val_samples: list
     val_loader = None
     if val_samples:
         val_dataset = Trans10kEval(
-            validation_subset(val_samples, args.num_validation_images), args.resolution, args.processing
+            validation_subset(val_samples, args.num_validation_images),
+            args.resolution,
+            args.processing,
+            args.mask_classes,
         )
         val_loader = torch.utils.data.DataLoader(
             val_dataset, batch_size=args.eval_batch_size, collate_fn=eval_collate, num_workers=0
@@ -149,11 +162,12 @@ def validation_subset(val_samples: list, num_images: int) -> list:
     return [val_samples[int(i)] for i in picked]
 
 
-def batch_gt_mask(batch: dict) -> torch.Tensor:
-    """The binary ground truth [B, 1, H, W] at the training resolution: stored by the latent cache, or the pixels'."""
+def batch_gt_mask(batch: dict, mask_classes: str) -> torch.Tensor:
+    """The pixel loss's binary ground truth [B, C, H, W] at the training resolution (target_channels): stored by the
+    latent cache, or read from the mask pixels."""
     if "gt_mask" in batch:
         return batch["gt_mask"]
-    return batch["mask_values"][:, :1] > 0  # the 3 channels are copies: -1 background, +1 transparent
+    return target_channels(batch["mask_values"], mask_classes)
 
 
 def batch_latents(vae, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -242,7 +256,7 @@ def run_validation(predictor: MaskPredictor, val_loader, accelerator: Accelerato
             mask_latents = encode_latents(predictor.vae, batch["mask_values"].to(accelerator.device))
             predicted = predictor.predict_latents(image_latents)
         per_image_loss = (predicted.float() - mask_latents.float()).pow(2).flatten(1).mean(1)
-        raw = decode_raw_mask(predictor.vae, predicted)
+        raw = decode_raw_mask(predictor.vae, predicted, predictor.mask_classes)
         # keep_aspect: the padding is cut off before scoring, as val_inference.py does (panels show the whole canvas).
         content = crop_to_content(raw, batch["content_size"])
         batch_scores, _, _ = score_batch(content, batch, args.threshold, "square", args.resolution)
@@ -250,6 +264,7 @@ def run_validation(predictor: MaskPredictor, val_loader, accelerator: Accelerato
         scores += accelerator.gather_for_metrics(batch_scores, use_gather_object=True)
         if accelerator.is_main_process:
             for i in range(min(len(batch_scores), VALIDATION_PANELS - len(panels))):
+                # Channel 0 of the mask image is "transparent" in both encodings (dataset.transforms.mask_to_tensor).
                 image, gt = tensor_to_image(batch["pixel_values"][i]), batch["mask_values"][i, 0] > 0
                 panels.append(np.asarray(render_panel(image, raw[i].cpu(), gt.cpu(), args.threshold)))
     summary = summarize(scores)
@@ -405,7 +420,7 @@ def build(args: argparse.Namespace, accelerator: Accelerator) -> TrainingRun:
     if args.gradient_checkpointing:
         transformer.enable_gradient_checkpointing()
     # The VAE stays unprepared (frozen, never wrapped by DDP or DeepSpeed); the pixel loss decodes in autograd.
-    loss = TrainingLoss(args.loss, args.pixel_loss_weight, vae)
+    loss = TrainingLoss(args.loss, args.pixel_loss_weight, vae, args.mask_classes)
     if loss.uses_pixels and args.decoder_gradient_checkpointing:
         vae.enable_gradient_checkpointing()
 
@@ -442,6 +457,7 @@ def build(args: argparse.Namespace, accelerator: Accelerator) -> TrainingRun:
         prompt_embeds.to(accelerator.device),
         pooled_prompt_embeds.to(accelerator.device),
         args.timestep,
+        mask_classes=args.mask_classes,
     )
     if accelerator.is_main_process:
         tracker_config = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in vars(args).items()}
@@ -531,7 +547,8 @@ def train(args: argparse.Namespace, accelerator: Accelerator, run: TrainingRun, 
                 image_latents, mask_latents = batch_latents(run.vae, batch)
                 with accelerator.autocast():
                     predicted = run.predictor.predict_latents(image_latents)
-                loss = run.loss(predicted, mask_latents, batch_gt_mask(batch), batch.get("valid_mask"))
+                gt_mask = batch_gt_mask(batch, args.mask_classes)
+                loss = run.loss(predicted, mask_latents, gt_mask, batch.get("valid_mask"))
                 window_loss, window_batches = window_loss + loss.detach(), window_batches + 1
                 if accelerator.sync_gradients:
                     # One host sync per optimizer step, before it (DeepSpeed steps inside backward): the mean loss

@@ -52,7 +52,7 @@ from evaluation.report import (
     write_metrics_md,
     write_per_image_csv,
 )
-from evaluation.scoring import TRANSLAB_SIDE, score_batch
+from evaluation.scoring import TRANSLAB_SIDE, class_map_at, score_batch
 from evaluation.translab import (
     TranslabScore,
     binary_classes,
@@ -62,7 +62,7 @@ from evaluation.translab import (
     translab_gt_classes,
 )
 from models.loading import inference_dtype, load_frozen_vae, model_eval_location
-from models.segmenter import decode_raw_mask, encode_latents, load_predictor
+from models.segmenter import decode_planes, encode_latents, load_predictor
 from utils.config import load_config
 from utils.run_snapshot import write_run_snapshot
 
@@ -78,6 +78,7 @@ def eval_output_dir(args: argparse.Namespace) -> Path:
     # Non-default processing and tta are named too, so a keep_aspect or hflip evaluation never overwrites the default.
     settings += "-keep_aspect" if args.processing == "keep_aspect" else ""
     settings += f"-tta_{args.tta}" if args.tta != "none" and not (args.oracle or args.predictions_dir) else ""
+    settings += "-things_stuff" if args.mask_classes == "things_stuff" else ""
     if args.oracle:
         return Path(args.output_dir) / f"eval-{settings}-oracle_{args.oracle}"
     if args.predictions_dir:
@@ -109,7 +110,7 @@ def build_loader(
     args: argparse.Namespace, accelerator: Accelerator, samples: list[Sample]
 ) -> torch.utils.data.DataLoader:
     loader = torch.utils.data.DataLoader(
-        Trans10kEval(samples, args.resolution, args.processing),
+        Trans10kEval(samples, args.resolution, args.processing, args.mask_classes),
         batch_size=args.eval_batch_size,
         collate_fn=eval_collate,
         num_workers=args.dataloader_num_workers,
@@ -120,11 +121,6 @@ def build_loader(
 def check_eval_settings(args: argparse.Namespace) -> None:
     """Exit 2 with the reason for settings val_inference.py cannot honour (config.yaml's checks come first)."""
     problems = []
-    if args.mask_classes == "things_stuff" and not args.predictions_dir:
-        problems.append(
-            "mask_classes things_stuff is implemented for scoring class maps with --predictions_dir only: a model "
-            "(or the VAE oracle) that predicts things and stuff is not implemented yet; use mask_classes binary"
-        )
     if args.eval_protocol == "seed" and args.threshold != DEFAULT_THRESHOLD:
         problems.append(
             f"eval_protocol seed thresholds at raw > {DEFAULT_THRESHOLD}, as the seed's code does; got threshold "
@@ -159,7 +155,7 @@ def load_class_map(predictions_dir: str, subset: str, stem: str) -> torch.Tensor
 
 
 def prediction_source(args: argparse.Namespace, accelerator: Accelerator) -> Callable[[dict], list | torch.Tensor]:
-    """batch -> class maps for things_stuff predictions; otherwise build_raw_source's raw masks."""
+    """batch -> class maps for things_stuff predictions; otherwise build_raw_source's raw masks or planes."""
     if args.predictions_dir and args.mask_classes == "things_stuff":
         return lambda batch: [
             load_class_map(args.predictions_dir, *key) for key in zip(batch["subset"], batch["stem"], strict=True)
@@ -168,9 +164,10 @@ def prediction_source(args: argparse.Namespace, accelerator: Accelerator) -> Cal
 
 
 def build_raw_source(args: argparse.Namespace, accelerator: Accelerator) -> Callable[[dict], list | torch.Tensor]:
-    """batch -> raw masks in [0, 1]: from saved PNGs, from the VAE round trip, or from the trained model.
+    """batch -> raw masks in [0, 1] [h, w] from saved PNGs; or prediction planes [P, h, w] (models.segmenter:
+    the raw mask, and for things_stuff the stuff share) from the VAE round trip or the trained model.
 
-    Model and oracle raws are cut to each image's content box (keep_aspect's padding removed) before scoring resizes
+    Model and oracle planes are cut to each image's content box (keep_aspect's padding removed) before scoring resizes
     them: to the native size, or under the square protocol to resolution x resolution (so both processings are
     scored against the same square ground truth). Saved PNGs are at native size already."""
     if args.predictions_dir:
@@ -181,11 +178,12 @@ def build_raw_source(args: argparse.Namespace, accelerator: Accelerator) -> Call
     if args.oracle == "vae_roundtrip":  # the ceiling the VAE alone imposes: GT mask -> encode -> decode
         vae = load_frozen_vae(args.pretrained_model_name_or_path, args.revision, args.variant, dtype).to(device)
         return lambda batch: crop_to_content(
-            decode_raw_mask(vae, encode_latents(vae, batch["mask_values"].to(device))), batch["content_size"]
+            decode_planes(vae, encode_latents(vae, batch["mask_values"].to(device)), args.mask_classes),
+            batch["content_size"],
         )
     with accelerator.local_main_process_first():  # one process per machine computes the conditioning cache
         predictor = load_predictor(args, args.transformer_path or args.output_dir, device, dtype)
-    return lambda batch: predictor.predict_content(batch["pixel_values"].to(device), batch["content_size"])
+    return lambda batch: predictor.predict_content_planes(batch["pixel_values"].to(device), batch["content_size"])
 
 
 def save_raws(
@@ -199,6 +197,34 @@ def save_raws(
     for image_score, raw, gt in zip(scores, raws, gt_classes, strict=True):
         native = resize_raw(raw, tuple(gt.shape)) if raw.shape != gt.shape else raw
         writer.submit(out_dir / "raw" / image_score.subset / f"{image_score.stem}.png", raw_to_png_array(native))
+
+
+def save_class_maps(
+    writer: BackgroundImageWriter, out_dir: Path, scores: list[ImageScore], class_maps: Sequence[torch.Tensor]
+) -> None:
+    """classes/<subset>/<stem>.png: mode L, 0 background / 1 things / 2 stuff, at each ground truth's native size."""
+    for image_score, classes in zip(scores, class_maps, strict=True):
+        path = out_dir / "classes" / image_score.subset / f"{image_score.stem}.png"
+        writer.submit(path, classes.cpu().numpy().astype(np.uint8))
+
+
+def split_outputs(
+    args: argparse.Namespace, outputs: list | torch.Tensor, batch: dict
+) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+    """(raw masks to score, class maps or None) from what the source gave.
+
+    Saved class maps score their binary metrics as class > 0. A things_stuff model's binary metrics use its raw mask
+    (plane 0); its class maps are read at each ground truth's native size from the planes (class_map_at), so a pixel
+    is transparent in the class map exactly when it is in the native-protocol binary prediction."""
+    if args.predictions_dir:
+        if args.mask_classes == "things_stuff":
+            return [(c > 0).float() for c in outputs], list(outputs)
+        return list(outputs), None
+    raws = [planes[0] for planes in outputs]
+    if args.mask_classes == "binary":
+        return raws, None
+    sizes = [tuple(gt.shape) for gt in batch["gt_classes"]]
+    return raws, [class_map_at(planes, size, args.threshold) for planes, size in zip(outputs, sizes, strict=True)]
 
 
 def sweep_histograms(raws: Sequence[torch.Tensor], gts: Sequence[torch.Tensor], device: torch.device) -> torch.Tensor:
@@ -253,26 +279,25 @@ def score_split(
     the translab protocol the TransLab confusion matrices.
 
     raw/ PNGs are written on the way; on return every rank's are on disk. Model outputs are scored as the 8-bit values
-    raw/ stores; saved predictions at the precision of their files. Class maps (mask_classes things_stuff) give the
-    binary metrics through class > 0."""
+    raw/ stores; saved predictions at the precision of their files. Under mask_classes things_stuff, saved class maps
+    give the binary metrics through class > 0; a model's class maps are written to classes/ beside raw/."""
     by_key = {(s.subset, s.stem): s for s in samples}
     scores: list[ImageScore] = []
     histograms: list[torch.Tensor] = []
     translab: list[TranslabScore] = []
-    class_maps_given = args.mask_classes == "things_stuff"
     progress = tqdm(loader, desc=f"{args.split}", disable=not accelerator.is_local_main_process)
     with BackgroundImageWriter() as writer, torch.inference_mode():  # PNG encoding never blocks the GPU
         for batch in progress:
             if args.eval_protocol == "translab":
                 batch = with_translab_gt(batch, by_key)
-            outputs = raw_source(batch)
-            class_maps = list(outputs) if class_maps_given else None
-            raws = [(c > 0).float() for c in class_maps] if class_maps is not None else outputs
+            raws, class_maps = split_outputs(args, raw_source(batch), batch)
             batch_scores, scored, gts = score_batch(
                 raws, batch, args.threshold, args.eval_protocol, args.resolution, quantize_raw=not args.predictions_dir
             )
             if args.save_raw_predictions:
                 save_raws(writer, out_dir, batch_scores, scored, batch["gt_classes"])
+                if class_maps is not None and not args.predictions_dir:
+                    save_class_maps(writer, out_dir, batch_scores, class_maps)
             scores += accelerator.gather_for_metrics(batch_scores, use_gather_object=True)
             if args.eval_protocol == "translab":
                 batch_translab = translab_scores(batch, class_maps, scored, gts, args.threshold)

@@ -60,7 +60,7 @@ from bench.common import (
 from demo.assets import SD35_MEDIUM_TRANSFORMER_CONFIG, SD35_MEDIUM_VAE_CONFIG
 from models.lora import add_lora
 from models.losses import LOSSES, bce_dice
-from models.segmenter import MaskPredictor, decode_raw_mask_unclamped, encode_latents
+from models.segmenter import MaskPredictor, decode_mask_unclamped, encode_latents
 from utils.config import read_specs
 from utils.measure import count_parameters
 from utils.tables import markdown_table
@@ -443,7 +443,7 @@ def print_options_table(args: argparse.Namespace, runs: Sequence[MemoryRun]) -> 
 def pixel_loss_step(vae: AutoencoderKL, latents: torch.Tensor, gt_mask: torch.Tensor) -> None:
     """trainer.py's pixel term for predicted latents that need a gradient: decode in autograd, BCE + Dice, backward."""
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        raw = decode_raw_mask_unclamped(vae, latents)
+        raw = decode_mask_unclamped(vae, latents)
     bce_dice(raw, gt_mask).backward()
 
 

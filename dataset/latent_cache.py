@@ -3,10 +3,11 @@ encodes its few images).
 
 The cache holds, per training image, the image and mask latents at `resolution` (and their horizontally flipped
 versions when random_flip is on: the resized pixels are flipped, then encoded, the pixels the uncached path would
-encode), and the binary ground-truth mask at `resolution` that the pixel loss compares with (bit-packed: 1/8 of the
-latents' size at 16 channels; flipped on reading). It lives under `<cache_dir>/latents/<key>/`, where the key covers
-the VAE (id, revision, variant, dtype, config), the cache format, the resolution, the flip setting and a manifest of
-the dataset files (path, size, mtime), so any change rebuilds it. Ranks encode disjoint shards in parallel;
+encode), and the binary ground truth at `resolution` that the pixel loss compares with (one bit-packed plane per
+channel of dataset.transforms.target_channels, 1 for binary and 3 for things_stuff: at most 3/128 of the latents'
+size; flipped on reading). It lives under `<cache_dir>/latents/<key>/`, where the key covers the VAE (id, revision,
+variant, dtype, config), the cache format, the resolution, the flip setting, the mask encoding (mask_classes) and a
+manifest of the dataset files (path, size, mtime), so any change rebuilds it. Ranks encode disjoint shards in parallel;
 `complete.json` is written last, so a killed build is never reused.
 Random crops and colour jitter draw new pixels every epoch and cannot be cached: config validation refuses them.
 """
@@ -25,7 +26,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from dataset.trans10k import Sample, Trans10kTrain, read_image_size
-from dataset.transforms import sample_train_augmentation
+from dataset.transforms import sample_train_augmentation, target_channels
 from utils.atomic import atomic_path, atomic_write_json
 from utils.cache import content_key, file_stamp
 
@@ -36,14 +37,17 @@ CACHE_FORMAT = 2
 _ITEM_KEYS = {"image": "pixel_values", "mask": "mask_values"}
 
 
-def latent_key(vae_fingerprint: dict, resolution: int, random_flip: bool, samples: Sequence[Sample]) -> str:
-    """VAE, resolution, flips and every image and mask file (path, size, mtime) of the split."""
+def latent_key(
+    vae_fingerprint: dict, resolution: int, random_flip: bool, samples: Sequence[Sample], mask_classes: str = "binary"
+) -> str:
+    """VAE, resolution, flips, mask encoding and every image and mask file (path, size, mtime) of the split."""
     manifest = [(*file_stamp(s.image_path), *file_stamp(s.mask_path)) for s in samples]
     payload = {
         "format": CACHE_FORMAT,
         "vae": vae_fingerprint,
         "resolution": resolution,
         "random_flip": random_flip,
+        "mask_classes": mask_classes,
         "files": manifest,
     }
     return content_key(payload)
@@ -68,25 +72,27 @@ def latent_cache_dir(
     resolution: int,
     random_flip: bool,
     samples: Sequence[Sample],
+    mask_classes: str = "binary",
 ) -> Path:
-    """`<cache_root>/latents/<key>`: one folder per VAE, resolution, flip setting and dataset manifest."""
+    """`<cache_root>/latents/<key>`: one folder per VAE, resolution, flips, mask encoding and dataset manifest."""
     fingerprint = vae_fingerprint(model, revision, variant, vae, vae.dtype)
-    return Path(cache_root) / "latents" / latent_key(fingerprint, resolution, random_flip, samples)
+    return Path(cache_root) / "latents" / latent_key(fingerprint, resolution, random_flip, samples, mask_classes)
 
 
 def _variants(random_flip: bool) -> tuple[str, ...]:
     return ("", "_flip") if random_flip else ("",)
 
 
-def pack_gt_mask(mask_values: torch.Tensor) -> torch.Tensor:
-    """mask_values [3, H, W] in {-1, 1} -> the binary ground truth (> 0) as packed bits, uint8 [ceil(H*W / 8)]."""
-    return torch.from_numpy(np.packbits((mask_values[0] > 0).numpy().reshape(-1)))
+def pack_gt_mask(mask_values: torch.Tensor, mask_classes: str = "binary") -> torch.Tensor:
+    """mask_values [3, H, W] in {-1, 1} -> the pixel loss's ground truth (target_channels, C planes) as packed bits,
+    uint8 [ceil(C*H*W / 8)]."""
+    return torch.from_numpy(np.packbits(target_channels(mask_values[None], mask_classes)[0].numpy().reshape(-1)))
 
 
-def unpack_gt_mask(bits: torch.Tensor, resolution: int) -> torch.Tensor:
-    """The inverse of pack_gt_mask: bool [1, resolution, resolution]."""
-    flat = np.unpackbits(bits.numpy(), count=resolution * resolution).astype(bool)
-    return torch.from_numpy(flat.reshape(1, resolution, resolution))
+def unpack_gt_mask(bits: torch.Tensor, resolution: int, channels: int = 1) -> torch.Tensor:
+    """The inverse of pack_gt_mask: bool [channels, resolution, resolution]."""
+    flat = np.unpackbits(bits.numpy(), count=channels * resolution * resolution).astype(bool)
+    return torch.from_numpy(flat.reshape(channels, resolution, resolution))
 
 
 @torch.no_grad()
@@ -99,11 +105,20 @@ def build_latent_cache(
     encode,
     accelerator,
     batch_size: int,
+    mask_classes: str = "binary",
 ) -> Path:
     """Encode every sample once (sharded over ranks) unless a complete cache with the same key exists."""
     if (cache_dir / COMPLETE).is_file():
         return cache_dir
-    plain = Trans10kTrain(samples, resolution, random_flip=False, color_jitter=0.0, random_crop_scale=1.0, seed=0)
+    plain = Trans10kTrain(
+        samples,
+        resolution,
+        random_flip=False,
+        color_jitter=0.0,
+        random_crop_scale=1.0,
+        seed=0,
+        mask_classes=mask_classes,
+    )
     rank, world = accelerator.process_index, accelerator.num_processes
     mine = list(range(rank, len(samples), world))
     tensors: dict[str, torch.Tensor] = {}
@@ -121,7 +136,7 @@ def build_latent_cache(
                 tensors.update(
                     {f"{i}/{kind}{suffix}": latent.contiguous() for i, latent in zip(indices, latents, strict=True)}
                 )
-        masks = [pack_gt_mask(item["mask_values"]) for item in items]  # unflipped: flipped on reading
+        masks = [pack_gt_mask(item["mask_values"], mask_classes) for item in items]  # unflipped: flipped on reading
         tensors.update({f"{i}/gt_bits": bits for i, bits in zip(indices, masks, strict=True)})
     with atomic_path(cache_dir / f"shard-{rank}.safetensors") as tmp:
         save_file(tensors, str(tmp))
@@ -134,6 +149,7 @@ def build_latent_cache(
             "num_shards": world,
             "random_flip": random_flip,
             "resolution": resolution,
+            "mask_classes": mask_classes,
             "image_sizes": sizes,
         }
         atomic_write_json(cache_dir / COMPLETE, index)
@@ -144,8 +160,24 @@ def build_latent_cache(
 class CachedLatentsTrain(Trans10kTrain):
     """Same keys, sampler and flip decisions as Trans10kTrain, but returns stored latents instead of pixels."""
 
-    def __init__(self, samples: Sequence[Sample], cache_dir: Path, resolution: int, random_flip: bool, seed: int):
-        super().__init__(samples, resolution, random_flip, color_jitter=0.0, random_crop_scale=1.0, seed=seed)
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        cache_dir: Path,
+        resolution: int,
+        random_flip: bool,
+        seed: int,
+        mask_classes: str = "binary",
+    ):
+        super().__init__(
+            samples,
+            resolution,
+            random_flip,
+            color_jitter=0.0,
+            random_crop_scale=1.0,
+            seed=seed,
+            mask_classes=mask_classes,
+        )
         index = json.loads((cache_dir / COMPLETE).read_text())
         if index.get("format") != CACHE_FORMAT:  # the key covers the format: only a hand-copied folder gets here
             raise ValueError(
@@ -172,7 +204,8 @@ class CachedLatentsTrain(Trans10kTrain):
         augmentation = sample_train_augmentation(self.image_sizes[index], generator, self.random_flip, 0.0, 1.0)
         suffix = "_flip" if augmentation.flip else ""
         shard = self._shard(index)
-        gt_mask = unpack_gt_mask(shard.get_tensor(f"{index}/gt_bits"), self.resolution)  # [1,H,W] bool
+        channels = 1 if self.mask_classes == "binary" else 3  # target_channels' C
+        gt_mask = unpack_gt_mask(shard.get_tensor(f"{index}/gt_bits"), self.resolution, channels)  # [C,H,W] bool
         return {
             "image_latents": shard.get_tensor(f"{index}/image{suffix}"),
             "mask_latents": shard.get_tensor(f"{index}/mask{suffix}"),

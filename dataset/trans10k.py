@@ -36,7 +36,7 @@ from dataset.transforms import (
     ContentSize,
     Size,
     augment_pair,
-    binary_to_tensor,
+    check_mask_classes,
     check_mask_mode,
     check_processing,
     content_size_of,
@@ -46,6 +46,7 @@ from dataset.transforms import (
     grey_to_classes,
     image_to_tensor,
     mask_grey_level,
+    mask_to_tensor,
     min_decode_size,
     place_in_canvas,
     sample_train_augmentation,
@@ -367,6 +368,7 @@ class Trans10kTrain(torch.utils.data.Dataset):
     longest side and pads (dataset.transforms, "Canvas geometry"). Crop, flip and jitter act on the crop before it is
     placed in the canvas, so the padding is always right and below the content, flipped or not. The default is the
     processing of every run before the key existed (config.yaml's processing is the default callers pass).
+    mask_classes: how ``mask_values`` encodes the mask (dataset.transforms.mask_to_tensor: binary or class colours).
     """
 
     def __init__(
@@ -378,9 +380,11 @@ class Trans10kTrain(torch.utils.data.Dataset):
         random_crop_scale: float,
         seed: int,
         processing: str = "square",
+        mask_classes: str = "binary",
     ) -> None:
         _check_resolution(resolution)
         check_processing(processing)
+        check_mask_classes(mask_classes)
         if not 0.0 < random_crop_scale <= 1.0:
             raise ValueError(f"random_crop_scale must be in (0, 1], got {random_crop_scale}")
         if color_jitter < 0.0:
@@ -392,6 +396,7 @@ class Trans10kTrain(torch.utils.data.Dataset):
         self.random_crop_scale = random_crop_scale
         self.seed = seed
         self.processing = processing
+        self.mask_classes = mask_classes
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -426,7 +431,7 @@ class Trans10kTrain(torch.utils.data.Dataset):
         side = self.resolution
         return {
             "pixel_values": image_to_tensor(place_in_canvas(image, side)),
-            "mask_values": binary_to_tensor(np.array(place_in_canvas(mask_grey, side)) > 0),
+            "mask_values": mask_to_tensor(np.array(place_in_canvas(mask_grey, side)), self.mask_classes),
             "valid_mask": valid_mask((size[1], size[0]), side),
             "stem": sample.stem,
         }
@@ -471,17 +476,21 @@ class ImageFiles(torch.utils.data.Dataset):
 
 
 class Trans10kEval(torch.utils.data.Dataset):
-    """Trans10k pairs: ``pixel_values`` (``model_pixels``), the binary mask in the same canvas (``mask_values``: what
-    the VAE oracle encodes; under square also the square protocol's target), ``content_size`` (h, w) of the image in
+    """Trans10k pairs: ``pixel_values`` (``model_pixels``), the mask image in the same canvas (``mask_values``, encoded
+    by ``mask_classes`` as in training: what the VAE oracle encodes), ``content_size`` (h, w) of the image in
     the canvas and ``valid_mask``, the ground-truth classes at their native size (``gt_classes``), stem and subset.
     The processing default is that of every run before the key existed; callers pass config.yaml's processing."""
 
-    def __init__(self, samples: Sequence[Sample], resolution: int, processing: str = "square") -> None:
+    def __init__(
+        self, samples: Sequence[Sample], resolution: int, processing: str = "square", mask_classes: str = "binary"
+    ) -> None:
         _check_resolution(resolution)
         check_processing(processing)
+        check_mask_classes(mask_classes)
         self.samples = list(samples)
         self.resolution = resolution
         self.processing = processing
+        self.mask_classes = mask_classes
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -498,7 +507,7 @@ class Trans10kEval(torch.utils.data.Dataset):
         mask_canvas = fit_to_canvas(mask_grey, side, content_size, MASK_RESAMPLE)
         return {
             "pixel_values": model_pixels(image, side, content_size),
-            "mask_values": binary_to_tensor(np.array(mask_canvas) > 0),
+            "mask_values": mask_to_tensor(np.array(mask_canvas), self.mask_classes),
             "content_size": content_size,
             "valid_mask": valid_mask(content_size, side),
             "gt_classes": torch.from_numpy(grey_to_classes(np.array(mask_grey))),

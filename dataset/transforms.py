@@ -176,6 +176,70 @@ def binary_to_tensor(binary: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.repeat(signed[np.newaxis], 3, axis=0))
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# The mask image the VAE encodes (config key mask_classes), and the rule that reads a decoded one back
+#
+# binary: the three channels are copies of the binary target (-1 background, +1 transparent); the raw mask is the
+#   mean of the decoded channels.
+# things_stuff: one colour channel per question, R = transparent (things or stuff), G = things, B = stuff, so
+#   background is black (-1, -1, -1), things yellow (+1, +1, -1) and stuff magenta (+1, -1, +1): saturated colours
+#   far apart, which an image VAE reconstructs well (`val_inference.py --oracle vae_roundtrip` measures the ceiling).
+#   Decoded (in [0, 1]): raw = R (the probability of transparent, so every binary metric works as in binary mode);
+#   stuff share = (B - G + 1) / 2; a pixel is background when raw < threshold, else stuff when the stuff share is
+#   above 1/2 (B > G), else things.
+MASK_CLASSES = ("binary", "things_stuff")  # config.yaml's (choices: ...) of `mask_classes`
+_CLASS_COLOURS = {  # things_stuff: the (R, G, B) sign of each class in the mask image
+    BACKGROUND_CLASS: (-1.0, -1.0, -1.0),
+    THINGS_CLASS: (1.0, 1.0, -1.0),
+    STUFF_CLASS: (1.0, -1.0, 1.0),
+}
+
+
+def check_mask_classes(mask_classes: str) -> None:
+    if mask_classes not in MASK_CLASSES:
+        raise ValueError(f"mask_classes must be one of {', '.join(MASK_CLASSES)}, got {mask_classes!r}")
+
+
+def mask_to_tensor(grey: np.ndarray, mask_classes: str) -> torch.Tensor:
+    """float32 [3, H, W] in {-1, 1}: the mask image the VAE encodes, from grey levels (0 / 85 / 255)."""
+    check_mask_classes(mask_classes)
+    if mask_classes == "binary":
+        return binary_to_tensor(grey > 0)
+    classes = grey_to_classes(grey)
+    colours = np.array([_CLASS_COLOURS[c] for c in (BACKGROUND_CLASS, THINGS_CLASS, STUFF_CLASS)], np.float32)
+    return torch.from_numpy(np.ascontiguousarray(colours[classes].transpose(2, 0, 1)))
+
+
+def target_channels(mask_values: torch.Tensor, mask_classes: str) -> torch.Tensor:
+    """bool [B, C, H, W] the pixel loss compares with: C = 1 (transparent) for binary, the 3 channels for
+    things_stuff (transparent, things, stuff); from mask images [B, 3, H, W] in {-1, 1}."""
+    check_mask_classes(mask_classes)
+    return mask_values[:, :1] > 0 if mask_classes == "binary" else mask_values > 0
+
+
+def loss_channels(decoded: torch.Tensor, mask_classes: str) -> torch.Tensor:
+    """Decoded mask images [B, 3, H, W] in about [0, 1] -> the channels target_channels describes."""
+    check_mask_classes(mask_classes)
+    return decoded.mean(dim=1, keepdim=True) if mask_classes == "binary" else decoded
+
+
+def mask_planes(decoded: torch.Tensor, mask_classes: str) -> torch.Tensor:
+    """Decoded mask images [B, 3, H, W] in [0, 1] -> prediction planes [B, P, H, W] in [0, 1]: P = 1 (raw) for
+    binary, P = 2 (raw, stuff share) for things_stuff. Planes, unlike classes, can be averaged (flip ensembling)
+    and resized bilinearly like the raw mask; classes are read from them last (planes_to_classes)."""
+    check_mask_classes(mask_classes)
+    if mask_classes == "binary":
+        return decoded.mean(dim=1, keepdim=True)
+    raw, things, stuff = decoded.unbind(dim=1)
+    return torch.stack([raw, (stuff - things + 1) / 2], dim=1)
+
+
+def planes_to_classes(raw: torch.Tensor, stuff_share: torch.Tensor, threshold: float) -> torch.Tensor:
+    """uint8 class map [H, W] (0 background, 1 things, 2 stuff) from the two things_stuff planes, by the rule above."""
+    classes = torch.where(stuff_share > 0.5, STUFF_CLASS, THINGS_CLASS).to(torch.uint8)
+    return torch.where(raw >= threshold, classes, torch.zeros_like(classes))  # binary prediction: raw >= threshold
+
+
 def _uniform(generator: torch.Generator, low: float, high: float) -> float:
     return low + (high - low) * torch.rand((), generator=generator).item()
 

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dataset.transforms import MASK_RESAMPLE, resize_raw
+from dataset.transforms import MASK_RESAMPLE, planes_to_classes, resize_raw
 from evaluation.metrics import ImageScore, binarize_gt, score_image
 
 PROTOCOLS = ("native", "square", "seed", "translab")
@@ -78,3 +78,10 @@ def score_batch(
         scored_raws.append(raw)
         gts.append(gt)
     return scores, scored_raws, gts
+
+
+def class_map_at(planes: torch.Tensor, size: tuple[int, int], threshold: float) -> torch.Tensor:
+    """uint8 class map [H, W] at ``size`` from things_stuff prediction planes [2, h, w] (raw, stuff share): both
+    resized as raw masks are, the raw quantized as scored, then dataset.transforms.planes_to_classes."""
+    raw, stuff_share = (plane if tuple(plane.shape) == tuple(size) else resize_raw(plane, size) for plane in planes)
+    return planes_to_classes(quantize(raw), stuff_share.float(), threshold)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from models.segmenter import decode_raw_mask_unclamped
+from models.segmenter import decode_mask_unclamped
 
 LOSS_CHOICES = ("latent_mse", "pixel", "latent_mse+pixel")  # config.yaml's (choices: ...) of `loss`
 # The pixel loss clamps the raw mask into [EPS, 1 - EPS]: log(0) would make BCE infinite. Its minimum, reached by a
@@ -77,18 +77,22 @@ def inward_clamp(x: torch.Tensor, low: float, high: float) -> torch.Tensor:
 
 
 def bce_dice(raw: torch.Tensor, gt_mask: torch.Tensor, valid_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """BCE (mean over valid pixels) + soft Dice (per image, over valid pixels, then the batch mean) of a raw mask
-    [B, 1, H, W] against the binary ground truth [B, 1, H, W], in fp32."""
+    """BCE (mean over valid pixels and channels) + soft Dice (per image and channel, over valid pixels, then the mean)
+    of decoded mask channels [B, C, H, W] against the binary ground truth of each channel [B, C, H, W], in fp32.
+    C = 1 (the raw mask) for binary; things_stuff's class version has C = 3 (transparent, things, stuff: the mask
+    image's own channels, dataset.transforms.target_channels), so each class gets its own BCE and Dice."""
     probability = inward_clamp(raw.float(), EPS, 1 - EPS)
     target = gt_mask.float().to(probability.device)
-    valid = torch.ones_like(target) if valid_mask is None else valid_mask.float().to(probability.device)
+    if target.shape != probability.shape:
+        raise ValueError(f"ground truth {tuple(target.shape)} does not match prediction {tuple(probability.shape)}")
+    valid = torch.ones_like(target[:, :1]) if valid_mask is None else valid_mask.float().to(probability.device)
     # Written out instead of F.binary_cross_entropy, which refuses to run under CUDA autocast.
     bce = -(target * probability.log() + (1 - target) * (1 - probability).log())
-    bce = (bce * valid).sum() / valid.sum()
-    dims = (1, 2, 3)
+    bce = (bce * valid).sum() / (valid.sum() * probability.shape[1])
+    dims = (2, 3)
     intersection = (probability * target * valid).sum(dims)
     total = (probability * valid).sum(dims) + (target * valid).sum(dims)
-    dice = 1 - (2 * intersection + DICE_SMOOTH) / (total + DICE_SMOOTH)
+    dice = 1 - (2 * intersection + DICE_SMOOTH) / (total + DICE_SMOOTH)  # [B, C]
     return bce + dice.mean()
 
 
@@ -100,6 +104,7 @@ class TrainingLoss:
     name: str
     pixel_loss_weight: float
     vae: torch.nn.Module | None = None
+    mask_classes: str = "binary"  # how the decoded mask image is read (dataset.transforms.loss_channels)
 
     def __post_init__(self) -> None:
         if self.name not in LOSS_CHOICES:
@@ -118,13 +123,14 @@ class TrainingLoss:
         gt_mask: torch.Tensor | None = None,
         valid_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Scalar fp32 loss. gt_mask: binary ground truth [B, 1, H, W] at the training resolution (pixel term)."""
+        """Scalar fp32 loss. gt_mask: the binary ground truth of each channel the pixel term compares, [B, C, H, W] at
+        the training resolution (dataset.transforms.target_channels)."""
         loss = torch.zeros((), device=predicted_latents.device)
         if "latent_mse" in self.name.split("+"):
             loss = loss + latent_mse(predicted_latents, mask_latents, valid_mask)
         if self.uses_pixels:
             if gt_mask is None:
-                raise ValueError(f"loss {self.name!r} needs the binary ground-truth mask of the batch")
-            raw = decode_raw_mask_unclamped(self.vae, predicted_latents)  # [B,1,H,W]
-            loss = loss + self.pixel_loss_weight * bce_dice(raw, gt_mask, valid_mask)
+                raise ValueError(f"loss {self.name!r} needs the ground-truth mask channels of the batch")
+            decoded = decode_mask_unclamped(self.vae, predicted_latents, self.mask_classes)  # [B,C,H,W]
+            loss = loss + self.pixel_loss_weight * bce_dice(decoded, gt_mask, valid_mask)
         return loss

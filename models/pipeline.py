@@ -27,7 +27,14 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from dataset.trans10k import model_pixels
-from dataset.transforms import content_size_of, resize_raw, to_upright_rgb, upright_8bit
+from dataset.transforms import (
+    MASK_CLASSES,
+    content_size_of,
+    planes_to_classes,
+    resize_raw,
+    to_upright_rgb,
+    upright_8bit,
+)
 from models.segmenter import TTA_MODES, MaskPredictor, check_resolution
 from utils.atomic import atomic_path
 
@@ -35,7 +42,7 @@ CONDITIONING_FILE = "conditioning/empty_prompt.safetensors"
 COMPONENTS = ("vae", "transformer")
 PROCESSING_CHOICES = ("square", "keep_aspect")
 TTA_CHOICES = TTA_MODES  # the flip ensembling is MaskPredictor's
-MASK_CLASSES_CHOICES = ("binary",)  # this repo trains binary masks; things/stuff classes are not trained yet
+MASK_CLASSES_CHOICES = MASK_CLASSES  # the mask encodings of dataset.transforms
 OUTPUT_TYPES = ("np", "pt", "pil")
 OVERLAY_RED = np.array([255, 0, 0], dtype=np.float32)
 
@@ -60,7 +67,8 @@ class TransparencySegmentationOutput(BaseOutput):
     raw: float32 prediction in [0, 1], [H, W] (np / pt; at the input's size when match_input_resolution), or mode-L
         PIL images of round(255 * raw) ("pil").
     mask: bool [H, W] = raw >= threshold (np / pt), or mode-L 0/255 PIL images ("pil").
-    classes: None (mask_classes "binary": no things/stuff classes).
+    classes: None for mask_classes "binary"; for "things_stuff", uint8 class maps [H, W] (0 background, 1 things,
+        2 stuff; mode-L PIL images of those values for "pil"), background exactly where mask is False.
     image: the upright uint8 [H, W, 3] RGB images the model saw, kept for ``overlays``.
     """
 
@@ -233,6 +241,7 @@ class TransparencySegmentationPipeline(DiffusionPipeline):
             max_sequence_length=max_sequence_length,
             resolution=resolution,
             processing=processing,
+            mask_classes=predictor.mask_classes,
             threshold=threshold,
         )
         pipe.set_conditioning(predictor.prompt_embeds, predictor.pooled_prompt_embeds)
@@ -244,7 +253,8 @@ class TransparencySegmentationPipeline(DiffusionPipeline):
         if self.prompt_embeds is None:
             raise ValueError("no conditioning set: load with from_pretrained or call set_conditioning first")
         embeds, pooled = self.prompt_embeds, self.pooled_prompt_embeds
-        return MaskPredictor(self.vae, self.transformer, embeds, pooled, self.config.timestep, tta=tta)
+        timestep, mask_classes = self.config.timestep, self.config.mask_classes
+        return MaskPredictor(self.vae, self.transformer, embeds, pooled, timestep, tta, mask_classes)
 
     # ---- inference
 
@@ -310,24 +320,31 @@ class TransparencySegmentationPipeline(DiffusionPipeline):
         device = self._execution_device
 
         # 2. Predict in batches: fit into the canvas (as evaluation), one transformer step, decode, cut the padding
-        raws = []
+        planes = []  # [P, H, W] each: the raw mask, and for things_stuff the stuff share
         for start in self.progress_bar(range(0, len(arrays), batch_size)):
             images_rgb = [Image.fromarray(a) for a in arrays[start : start + batch_size]]
             boxes = [content_size_of(image.size, resolution, processing) for image in images_rgb]  # (h, w) each
             pixels = torch.stack([model_pixels(i, resolution, b) for i, b in zip(images_rgb, boxes, strict=True)])
-            contents = predictor.predict_content(pixels.to(device), boxes)  # [h, w] each, padding removed
+            contents = predictor.predict_content_planes(pixels.to(device), boxes)  # [P, h, w] each, padding removed
             for one, image in zip(contents, images_rgb, strict=True):
-                raws.append(resize_raw(one, image.size[::-1]) if match_input_resolution else one)  # [H, W]
+                size = image.size[::-1]
+                planes.append(torch.stack([resize_raw(p, size) for p in one]) if match_input_resolution else one)
 
-        # 3. Threshold and convert
+        # 3. Threshold, read the classes, convert
+        raws = [one[0] for one in planes]
         masks = [raw >= threshold for raw in raws]
+        classes = None
+        if self.config.mask_classes == "things_stuff":
+            classes = [planes_to_classes(one[0], one[1], threshold) for one in planes]
         if output_type == "np":
             raws, masks = [r.cpu().numpy() for r in raws], [m.cpu().numpy() for m in masks]
+            classes = None if classes is None else [c.cpu().numpy() for c in classes]
         elif output_type == "pil":
             raws = [Image.fromarray(torch.round(r * 255).to(torch.uint8).cpu().numpy()) for r in raws]
             masks = [Image.fromarray(m.cpu().numpy().astype(np.uint8) * 255) for m in masks]
+            classes = None if classes is None else [Image.fromarray(c.cpu().numpy()) for c in classes]
         self.maybe_free_model_hooks()
-        return TransparencySegmentationOutput(raw=raws, mask=masks, classes=None, image=arrays)
+        return TransparencySegmentationOutput(raw=raws, mask=masks, classes=classes, image=arrays)
 
 
 def check_pipeline_folder(folder: Path) -> None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from diffusers import AutoencoderKL
 
-from dataset.transforms import ContentSize, crop_to_content, mirror_content
+from dataset.transforms import ContentSize, crop_to_content, loss_channels, mask_planes, mirror_content
 
 TTA_MODES = ("none", "hflip")
 
@@ -28,15 +28,25 @@ def _vae_latents(vae: AutoencoderKL, mask_latents: torch.Tensor) -> torch.Tensor
     return mask_latents.to(vae.dtype) / vae.config.scaling_factor + vae.config.shift_factor
 
 
-def decode_raw_mask(vae: AutoencoderKL, mask_latents: torch.Tensor) -> torch.Tensor:
-    """Normalised mask latents -> raw mask [B, H, W] in [0, 1]: decode, map [-1,1] to [0,1], average the channels."""
+def decode_planes(vae: AutoencoderKL, mask_latents: torch.Tensor, mask_classes: str = "binary") -> torch.Tensor:
+    """Normalised mask latents -> prediction planes [B, P, H, W] in [0, 1] (fp32): decode, map [-1,1] to [0,1], read
+    the planes of the mask encoding (dataset.transforms.mask_planes: raw, and for things_stuff the stuff share)."""
     with torch.no_grad():
         decoded = vae.decode(_vae_latents(vae, mask_latents)).sample
-    return (decoded.float() / 2 + 0.5).clamp(0, 1).mean(dim=1)
+    return mask_planes((decoded.float() / 2 + 0.5).clamp(0, 1), mask_classes)
 
 
-def decode_raw_mask_unclamped(vae: AutoencoderKL, mask_latents: torch.Tensor) -> torch.Tensor:
-    """decode_raw_mask inside autograd and without the clamp: raw [B, 1, H, W], fp32, may leave [0, 1].
+def decode_raw_mask(vae: AutoencoderKL, mask_latents: torch.Tensor, mask_classes: str = "binary") -> torch.Tensor:
+    """Normalised mask latents -> raw mask [B, H, W] in [0, 1], the probability of transparent (decode_planes' first
+    plane: the channel mean for binary, the R channel for things_stuff)."""
+    return decode_planes(vae, mask_latents, mask_classes)[:, 0]
+
+
+def decode_mask_unclamped(
+    vae: AutoencoderKL, mask_latents: torch.Tensor, mask_classes: str = "binary"
+) -> torch.Tensor:
+    """The decoded mask inside autograd and without the clamp: [B, C, H, W], fp32, may leave [0, 1]; C = 1 (the
+    raw mask) for binary, 3 (transparent, things, stuff) for things_stuff (dataset.transforms.loss_channels).
 
     The VAE's weights stay frozen (requires_grad False) but the decode is part of the graph, so a pixel-space loss
     reaches the transformer that produced `mask_latents` (E2E-FT's task loss through the frozen decoder). The clamp
@@ -44,7 +54,7 @@ def decode_raw_mask_unclamped(vae: AutoencoderKL, mask_latents: torch.Tensor) ->
     which is exactly where a wrong pixel (raw > 1 on background) most needs one. Decoder gradient checkpointing, when
     enabled on the VAE (`vae.enable_gradient_checkpointing()`), applies here: the decoder runs with gradients on."""
     decoded = vae.decode(_vae_latents(vae, mask_latents)).sample  # [B, 3, H, W] in about [-1, 1]
-    return (decoded.float() / 2 + 0.5).mean(dim=1, keepdim=True)
+    return loss_channels(decoded.float() / 2 + 0.5, mask_classes)
 
 
 def check_resolution(resolution: int, vae: AutoencoderKL, transformer_config) -> None:
@@ -64,7 +74,8 @@ class MaskPredictor:
     """Frozen VAE + transformer + the constant empty-prompt conditioning and fixed timestep.
 
     tta "hflip" averages each raw prediction with that of the mirrored image, mirrored back (evaluation and
-    prediction; the trainer's validation uses "none", the default of a predictor built without it)."""
+    prediction; the trainer's validation uses "none", the default of a predictor built without it). mask_classes
+    says how the decoded mask image is read (dataset.transforms, "The mask image the VAE encodes")."""
 
     vae: AutoencoderKL
     transformer: torch.nn.Module  # SD3Transformer2DModel, possibly wrapped by DDP/DeepSpeed
@@ -72,6 +83,7 @@ class MaskPredictor:
     pooled_prompt_embeds: torch.Tensor  # [1, P]
     timestep: float
     tta: str = "none"
+    mask_classes: str = "binary"
 
     def __post_init__(self) -> None:
         if self.tta not in TTA_MODES:
@@ -91,15 +103,16 @@ class MaskPredictor:
         )[0]
 
     @torch.no_grad()
-    def raw_once(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """One pass, no test-time augmentation: images in [-1, 1] [B, 3, H, W] -> raw masks [B, H, W] in [0, 1]."""
-        return decode_raw_mask(self.vae, self.predict_latents(encode_latents(self.vae, pixel_values)))
+    def planes_once(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """One pass, no test-time augmentation: images in [-1, 1] [B, 3, H, W] -> planes [B, P, H, W] in [0, 1]."""
+        return decode_planes(self.vae, self.predict_latents(encode_latents(self.vae, pixel_values)), self.mask_classes)
 
     @torch.no_grad()
-    def predict_raw(
+    def predict_planes(
         self, pixel_values: torch.Tensor, content_sizes: Sequence[ContentSize] | None = None
     ) -> torch.Tensor:
-        """Images in [-1, 1] [B, 3, S, S] -> raw masks [B, S, S] in [0, 1] (fp32), with the predictor's tta.
+        """Images in [-1, 1] [B, 3, S, S] -> planes [B, P, S, S] in [0, 1] (fp32), with the predictor's tta: plane 0
+        is the raw mask; things_stuff adds the stuff share (dataset.transforms.mask_planes).
 
         ``content_sizes``: each image's (h, w) box in the canvas (keep_aspect; None = the whole canvas). hflip mirrors
         only that box and rebuilds the padding (dataset.transforms.mirror_content), so the mirror is laid out as
@@ -108,17 +121,28 @@ class MaskPredictor:
         twice the activation memory of eval_batch_size images). Outside the content box the values mean nothing (the
         padding): crop them (predict_content) before anything resizes or scores the prediction."""
         if self.tta == "none":
-            return self.raw_once(pixel_values)
+            return self.planes_once(pixel_values)
         sizes = content_sizes if content_sizes is not None else [tuple(pixel_values.shape[-2:])] * len(pixel_values)
-        both = self.raw_once(torch.cat([pixel_values, mirror_content(pixel_values, sizes)]))  # [2B, S, S]
+        both = self.planes_once(torch.cat([pixel_values, mirror_content(pixel_values, sizes)]))  # [2B, P, S, S]
         plain, mirrored = both.chunk(2)
         return (plain + mirror_content(mirrored, sizes)) / 2
 
-    @torch.no_grad()
+    def predict_raw(
+        self, pixel_values: torch.Tensor, content_sizes: Sequence[ContentSize] | None = None
+    ) -> torch.Tensor:
+        """predict_planes' raw mask: [B, S, S] in [0, 1]."""
+        return self.predict_planes(pixel_values, content_sizes)[:, 0]
+
     def predict_content(self, pixel_values: torch.Tensor, content_sizes: Sequence[ContentSize]) -> list[torch.Tensor]:
         """``predict_raw`` cut to each image's content box: [h, w] per image, the padding gone before any resize, so
         native-size scores, raw/ PNGs and predict.py only ever see the image's own pixels."""
         return crop_to_content(self.predict_raw(pixel_values, content_sizes), content_sizes)
+
+    def predict_content_planes(
+        self, pixel_values: torch.Tensor, content_sizes: Sequence[ContentSize]
+    ) -> list[torch.Tensor]:
+        """``predict_planes`` cut to each image's content box: [P, h, w] per image."""
+        return crop_to_content(self.predict_planes(pixel_values, content_sizes), content_sizes)
 
 
 def load_predictor(args, transformer_path: str, device: torch.device, dtype: torch.dtype) -> MaskPredictor:
@@ -135,4 +159,4 @@ def load_predictor(args, transformer_path: str, device: torch.device, dtype: tor
     transformer = load_trained_transformer(transformer_path, dtype, args).to(device)
     check_resolution(args.resolution, vae, transformer.config)
     embeds, pooled = prompt_embeds.to(device, dtype), pooled.to(device, dtype)
-    return MaskPredictor(vae, transformer, embeds, pooled, args.timestep, tta=args.tta)
+    return MaskPredictor(vae, transformer, embeds, pooled, args.timestep, args.tta, args.mask_classes)

@@ -32,8 +32,8 @@ class TablePredictor(MaskPredictor):
         super().__init__(None, None, None, None, 1000.0, tta)
         self.table, self.padding = table, padding
 
-    def raw_once(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return torch.stack([self.table[item.numpy().tobytes()] for item in pixel_values])
+    def planes_once(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return torch.stack([self.table[item.numpy().tobytes()] for item in pixel_values]).unsqueeze(1)
 
     def predict_raw(self, pixel_values: torch.Tensor, content_sizes=None) -> torch.Tensor:
         raw = super().predict_raw(pixel_values, content_sizes)

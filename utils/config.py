@@ -296,11 +296,6 @@ def check_combinations(args: argparse.Namespace, *, training: bool = False) -> N
             f"cache_latents with processing = {args.processing} is not supported yet: the latent cache stores the "
             "latents of square-resized images only; set cache_latents false or processing square"
         )
-    if training and args.mask_classes != "binary":  # the trainer would otherwise train a binary model silently
-        problems.append(
-            f"mask_classes = {args.mask_classes}: training a things/stuff model is not implemented yet (the trainer "
-            "encodes binary masks only); train with mask_classes binary"
-        )
     if args.predictions_dir is not None and args.oracle is not None:
         problems.append("predictions_dir and oracle both set: score either existing predictions or the VAE oracle")
     if args.threshold_sweep and args.split == "test":

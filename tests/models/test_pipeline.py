@@ -190,7 +190,7 @@ def test_incomplete_folder_names_what_is_missing(lone_folder, tmp_path, missing)
     [
         ({"resolution": 60}, "config resolution: resolution 60 px: must be a multiple of 16"),
         ({"processing": "crop"}, "processing 'crop': expected one of square, keep_aspect"),
-        ({"mask_classes": "things_stuff"}, "mask_classes 'things_stuff': expected one of binary"),
+        ({"mask_classes": "stuff"}, "mask_classes 'stuff': expected one of binary, things_stuff"),
         ({"max_sequence_length": 64}, "prompt_embeds has 16 tokens"),
     ],
 )

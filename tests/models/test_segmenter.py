@@ -167,14 +167,14 @@ def eval_batch(tiny_assets, processing: str, size: int = 3) -> dict:
 
 class SymmetrisedPredictor(MaskPredictor):
     """A mirror-symmetric model: each single pass averages the model on the image and on its mirror, mirrored back,
-    so raw_once(mirror(x)) == mirror(raw_once(x)) for the content sizes in ``sizes``."""
+    so planes_once(mirror(x)) == mirror(planes_once(x)) for the content sizes in ``sizes``."""
 
     sizes: list = []
 
-    def raw_once(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def planes_once(self, pixel_values: torch.Tensor) -> torch.Tensor:
         sizes = self.sizes * (len(pixel_values) // len(self.sizes))
-        plain = super().raw_once(pixel_values)
-        mirrored = super().raw_once(mirror_content(pixel_values, sizes))
+        plain = super().planes_once(pixel_values)
+        mirrored = super().planes_once(mirror_content(pixel_values, sizes))
         return (plain + mirror_content(mirrored, sizes)) / 2
 
 

@@ -1,5 +1,5 @@
-"""The processing and tta keys: their choices, and cache_latents + keep_aspect refused for training only; training
-with mask_classes things_stuff refused (not implemented)."""
+"""The processing, tta and mask_classes keys: their choices, and cache_latents + keep_aspect refused for training
+only."""
 
 import pytest
 
@@ -17,7 +17,7 @@ def test_defaults_change_nothing_for_existing_runs():
     assert (parse("--processing", "keep_aspect").processing, parse("--tta", "hflip").tta) == ("keep_aspect", "hflip")
 
 
-@pytest.mark.parametrize("key, value", [("processing", "letterbox"), ("tta", "vflip")])
+@pytest.mark.parametrize("key, value", [("processing", "letterbox"), ("tta", "vflip"), ("mask_classes", "stuff")])
 def test_other_values_are_refused_naming_the_choices(key, value):
     with pytest.raises(ConfigError, match=rf"'{key}' = '{value}' is not one of"):
         parse(f"--{key}", value)
@@ -34,7 +34,6 @@ def test_cache_latents_with_keep_aspect_is_refused_for_training_with_the_fix():
     assert parse(*flags).processing == "keep_aspect"
 
 
-def test_training_a_things_stuff_model_is_refused_not_trained_binary():
-    with pytest.raises(ConfigError, match="mask_classes = things_stuff: training a things/stuff model is not"):
-        parse("--mask_classes", "things_stuff", training=True)
-    assert parse("--mask_classes", "things_stuff").mask_classes == "things_stuff"  # scoring class maps still works
+def test_things_stuff_trains_and_evaluates():
+    assert parse("--mask_classes", "things_stuff", training=True).mask_classes == "things_stuff"
+    assert parse("--mask_classes", "things_stuff", "--cache_latents", training=True).cache_latents
