@@ -264,8 +264,8 @@ def run_validation(predictor: MaskPredictor, val_loader, accelerator: Accelerato
         scores += accelerator.gather_for_metrics(batch_scores, use_gather_object=True)
         if accelerator.is_main_process:
             for i in range(min(len(batch_scores), VALIDATION_PANELS - len(panels))):
-                # Channel 0 of the mask image is "transparent" in both encodings (dataset.transforms.mask_to_tensor).
-                image, gt = tensor_to_image(batch["pixel_values"][i]), batch["mask_values"][i, 0] > 0
+                gt = target_channels(batch["mask_values"][i : i + 1], args.mask_classes)[0, 0]  # transparent
+                image = tensor_to_image(batch["pixel_values"][i])
                 panels.append(np.asarray(render_panel(image, raw[i].cpu(), gt.cpu(), args.threshold)))
     summary = summarize(scores)
     metrics = {"val/loss": torch.cat(losses).mean().item(), "val/iou": summary["dataset"]["iou"]}

@@ -4,7 +4,7 @@ encodes its few images).
 The cache holds, per training image, the image and mask latents at `resolution` (and their horizontally flipped
 versions when random_flip is on: the resized pixels are flipped, then encoded, the pixels the uncached path would
 encode), and the binary ground truth at `resolution` that the pixel loss compares with (one bit-packed plane per
-channel of dataset.transforms.target_channels, 1 for binary and 3 for things_stuff: at most 3/128 of the latents'
+channel of dataset.transforms.target_channels, 1 for binary and 2 for things_stuff: at most 1/64 of the latents'
 size; flipped on reading). It lives under `<cache_dir>/latents/<key>/`, where the key covers the VAE (id, revision,
 variant, dtype, config), the cache format, the resolution, the flip setting, the mask encoding (mask_classes) and a
 manifest of the dataset files (path, size, mtime), so any change rebuilds it. Ranks encode disjoint shards in parallel;
@@ -204,7 +204,7 @@ class CachedLatentsTrain(Trans10kTrain):
         augmentation = sample_train_augmentation(self.image_sizes[index], generator, self.random_flip, 0.0, 1.0)
         suffix = "_flip" if augmentation.flip else ""
         shard = self._shard(index)
-        channels = 1 if self.mask_classes == "binary" else 3  # target_channels' C
+        channels = 1 if self.mask_classes == "binary" else 2  # target_channels' C
         gt_mask = unpack_gt_mask(shard.get_tensor(f"{index}/gt_bits"), self.resolution, channels)  # [C,H,W] bool
         return {
             "image_latents": shard.get_tensor(f"{index}/image{suffix}"),

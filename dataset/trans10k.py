@@ -368,7 +368,7 @@ class Trans10kTrain(torch.utils.data.Dataset):
     longest side and pads (dataset.transforms, "Canvas geometry"). Crop, flip and jitter act on the crop before it is
     placed in the canvas, so the padding is always right and below the content, flipped or not. The default is the
     processing of every run before the key existed (config.yaml's processing is the default callers pass).
-    mask_classes: how ``mask_values`` encodes the mask (dataset.transforms.mask_to_tensor: binary or class colours).
+    mask_classes: how ``mask_values`` encodes the mask (dataset.transforms.mask_to_tensor: 2 or 3 levels).
     """
 
     def __init__(

@@ -97,7 +97,7 @@ def load_trained_transformer(path: str | Path, dtype: torch.dtype, args) -> SD3T
 
 # Settings that define what the transformer was trained to map: evaluating with other values silently changes the
 # model's input (the conditioning, the timestep) or pairs the fine-tuned transformer with another VAE.
-# mask_classes too: a things/stuff model read as binary would average its class colours into a wrong raw mask.
+# mask_classes too: a things/stuff model read as binary would take its mid-grey things for a raw mask of 0.5.
 TRAINING_BOUND_KEYS = (
     "max_sequence_length",
     "timestep",

@@ -79,8 +79,8 @@ def inward_clamp(x: torch.Tensor, low: float, high: float) -> torch.Tensor:
 def bce_dice(raw: torch.Tensor, gt_mask: torch.Tensor, valid_mask: torch.Tensor | None = None) -> torch.Tensor:
     """BCE (mean over valid pixels and channels) + soft Dice (per image and channel, over valid pixels, then the mean)
     of decoded mask channels [B, C, H, W] against the binary ground truth of each channel [B, C, H, W], in fp32.
-    C = 1 (the raw mask) for binary; things_stuff's class version has C = 3 (transparent, things, stuff: the mask
-    image's own channels, dataset.transforms.target_channels), so each class gets its own BCE and Dice."""
+    C = 1 (the raw mask) for binary; things_stuff's class version has C = 2 (transparent and stuff, read from the
+    decoded grey level: dataset.transforms.loss_channels), so each question gets its own BCE and Dice."""
     probability = inward_clamp(raw.float(), EPS, 1 - EPS)
     target = gt_mask.float().to(probability.device)
     if target.shape != probability.shape:

@@ -38,7 +38,7 @@ def decode_planes(vae: AutoencoderKL, mask_latents: torch.Tensor, mask_classes: 
 
 def decode_raw_mask(vae: AutoencoderKL, mask_latents: torch.Tensor, mask_classes: str = "binary") -> torch.Tensor:
     """Normalised mask latents -> raw mask [B, H, W] in [0, 1], the probability of transparent (decode_planes' first
-    plane: the channel mean for binary, the R channel for things_stuff)."""
+    plane: the grey level m for binary, min(1, 2m) for things_stuff)."""
     return decode_planes(vae, mask_latents, mask_classes)[:, 0]
 
 
@@ -46,7 +46,7 @@ def decode_mask_unclamped(
     vae: AutoencoderKL, mask_latents: torch.Tensor, mask_classes: str = "binary"
 ) -> torch.Tensor:
     """The decoded mask inside autograd and without the clamp: [B, C, H, W], fp32, may leave [0, 1]; C = 1 (the
-    raw mask) for binary, 3 (transparent, things, stuff) for things_stuff (dataset.transforms.loss_channels).
+    raw mask) for binary, 2 (transparent, stuff) for things_stuff (dataset.transforms.loss_channels).
 
     The VAE's weights stay frozen (requires_grad False) but the decode is part of the graph, so a pixel-space loss
     reaches the transformer that produced `mask_latents` (E2E-FT's task loss through the frozen decoder). The clamp
