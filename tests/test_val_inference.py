@@ -365,9 +365,6 @@ def test_prediction_problems_are_named_all_at_once(tiny_assets, tiny_config, tmp
     truncated = score_dir(run, overlay, tmp_path / "eval2", preds, check=False)
     assert truncated.returncode != 0 and str(rotated) in truncated.stderr and "truncated" in truncated.stderr
 
-    model = evaluate(run, overlay, tmp_path / "eval3", "--mask_classes", "things_stuff", check=False)
-    assert model.returncode != 0 and "not implemented yet" in model.stderr
-
 
 def test_a_missing_subset_folder_says_which_subsets_exist(tiny_assets, tiny_config, tmp_path, run):
     data = tmp_path / "data"
