@@ -77,7 +77,9 @@ def evaluate(name: str, seed: int, run_dir: Path, root: Path) -> dict:
     metrics_path = out_dir / "metrics.json"
     if not metrics_path.is_file():
         flags = ["--config", "configs/demo.yaml", "--transformer_path", str(run_dir), "--eval_output_dir"]
-        flags.append(str(out_dir))
+        # tta none unless the variant says otherwise: configs/demo.yaml evaluates with hflip since that A/B, and every
+        # other variant is compared with the tta-none latent_mse row.
+        flags += [str(out_dir), "--tta", "none"]
         run([*LAUNCH, "val_inference.py", *flags, *VARIANTS[name].eval_args], root / f"{name}-s{seed}.eval.log")
     return json.loads(metrics_path.read_text())["subsets"]["mix"]["dataset"]
 

@@ -23,7 +23,7 @@ def encode_latents(vae: AutoencoderKL, pixel_values: torch.Tensor) -> torch.Tens
     return (mode - vae.config.shift_factor) * vae.config.scaling_factor
 
 
-def _vae_latents(vae: AutoencoderKL, mask_latents: torch.Tensor) -> torch.Tensor:
+def vae_scale_latents(vae: AutoencoderKL, mask_latents: torch.Tensor) -> torch.Tensor:
     """Normalised latents back to the VAE's own scale (the inverse of encode_latents' normalisation)."""
     return mask_latents.to(vae.dtype) / vae.config.scaling_factor + vae.config.shift_factor
 
@@ -32,7 +32,7 @@ def decode_planes(vae: AutoencoderKL, mask_latents: torch.Tensor, mask_classes: 
     """Normalised mask latents -> prediction planes [B, P, H, W] in [0, 1] (fp32): decode, map [-1,1] to [0,1], read
     the planes of the mask encoding (dataset.transforms.mask_planes: raw, and for things_stuff the stuff share)."""
     with torch.no_grad():
-        decoded = vae.decode(_vae_latents(vae, mask_latents)).sample
+        decoded = vae.decode(vae_scale_latents(vae, mask_latents)).sample
     return mask_planes((decoded.float() / 2 + 0.5).clamp(0, 1), mask_classes)
 
 
@@ -53,7 +53,7 @@ def decode_mask_unclamped(
     is left to the loss (models/losses.inward_clamp): a hard clamp has zero gradient wherever the decoder overshoots,
     which is exactly where a wrong pixel (raw > 1 on background) most needs one. Decoder gradient checkpointing, when
     enabled on the VAE (`vae.enable_gradient_checkpointing()`), applies here: the decoder runs with gradients on."""
-    decoded = vae.decode(_vae_latents(vae, mask_latents)).sample  # [B, 3, H, W] in about [-1, 1]
+    decoded = vae.decode(vae_scale_latents(vae, mask_latents)).sample  # [B, 3, H, W] in about [-1, 1]
     return loss_channels(decoded.float() / 2 + 0.5, mask_classes)
 
 
