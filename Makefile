@@ -29,8 +29,11 @@ demo: demo-assets
 	$(LAUNCH) val_inference.py --config $(DEMO_CONFIG) --oracle vae_roundtrip
 	$(LAUNCH) val_inference.py --config $(DEMO_CONFIG)
 
+# Two workers: most test time is single-threaded subprocesses (accelerate launch, imports); a test module stays on one
+# worker (--dist loadfile), so its module-scoped trained runs are built once. TEST_WORKERS=0 runs serially.
+TEST_WORKERS ?= 2
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -35,9 +35,9 @@ class TablePredictor(MaskPredictor):
     def planes_once(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return torch.stack([self.table[item.numpy().tobytes()] for item in pixel_values]).unsqueeze(1)
 
-    def predict_raw(self, pixel_values: torch.Tensor, content_sizes=None) -> torch.Tensor:
-        raw = super().predict_raw(pixel_values, content_sizes)
-        valid = torch.stack([valid_mask(size, raw.shape[-1])[0] for size in content_sizes]) > 0
+    def predict_planes(self, pixel_values: torch.Tensor, content_sizes=None) -> torch.Tensor:
+        raw = super().predict_planes(pixel_values, content_sizes)  # [B, 1, S, S]
+        valid = torch.stack([valid_mask(size, raw.shape[-1]) for size in content_sizes]) > 0
         noise = torch.rand(raw.shape, generator=torch.Generator().manual_seed(len(self.table)))
         if self.padding == "random":
             return torch.where(valid, raw, noise)
