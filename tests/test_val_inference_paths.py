@@ -37,6 +37,7 @@ def eval_args(output_dir: Path, **overrides) -> argparse.Namespace:
         "eval_protocol": "native",
         "processing": "square",
         "tta": "none",
+        "mask_classes": "binary",
     }
     return argparse.Namespace(**{**settings, **overrides})
 
@@ -83,6 +84,11 @@ def test_processing_and_tta_get_their_own_folders(root):
     # tta changes nothing the oracle scores: its ceiling is found whatever tta the model is evaluated with.
     oracle = eval_output_dir(eval_args(run, processing="keep_aspect", tta="hflip", oracle="vae_roundtrip"))
     assert oracle == run / f"eval-{SETTINGS}-keep_aspect-oracle_vae_roundtrip"
+    # A things/stuff evaluation (model or its oracle) never overwrites a binary one.
+    things_stuff = eval_output_dir(eval_args(run, mask_classes="things_stuff"))
+    assert things_stuff == run / f"eval-{SETTINGS}-things_stuff"
+    ceiling = eval_output_dir(eval_args(run, mask_classes="things_stuff", oracle="vae_roundtrip"))
+    assert ceiling == run / f"eval-{SETTINGS}-things_stuff-oracle_vae_roundtrip"
 
 
 def test_a_checkpoint_evaluation_still_finds_the_oracle_ceiling(root):
