@@ -26,7 +26,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from dataset.trans10k import Sample, Trans10kTrain, read_image_size
-from dataset.transforms import sample_train_augmentation, target_channels
+from dataset.transforms import TARGET_CHANNELS, sample_train_augmentation, target_channels
 from utils.atomic import atomic_path, atomic_write_json
 from utils.cache import content_key, file_stamp
 
@@ -84,8 +84,8 @@ def _variants(random_flip: bool) -> tuple[str, ...]:
 
 
 def pack_gt_mask(mask_values: torch.Tensor, mask_classes: str = "binary") -> torch.Tensor:
-    """mask_values [3, H, W] in {-1, 1} -> the pixel loss's ground truth (target_channels, C planes) as packed bits,
-    uint8 [ceil(C*H*W / 8)]."""
+    """mask_values [3, H, W] in [-1, 1] (mask_to_tensor) -> the pixel loss's ground truth (target_channels, C planes)
+    as packed bits, uint8 [ceil(C*H*W / 8)]."""
     return torch.from_numpy(np.packbits(target_channels(mask_values[None], mask_classes)[0].numpy().reshape(-1)))
 
 
@@ -204,7 +204,7 @@ class CachedLatentsTrain(Trans10kTrain):
         augmentation = sample_train_augmentation(self.image_sizes[index], generator, self.random_flip, 0.0, 1.0)
         suffix = "_flip" if augmentation.flip else ""
         shard = self._shard(index)
-        channels = 1 if self.mask_classes == "binary" else 2  # target_channels' C
+        channels = TARGET_CHANNELS[self.mask_classes]
         gt_mask = unpack_gt_mask(shard.get_tensor(f"{index}/gt_bits"), self.resolution, channels)  # [C,H,W] bool
         return {
             "image_latents": shard.get_tensor(f"{index}/image{suffix}"),

@@ -191,7 +191,8 @@ def binary_to_tensor(binary: np.ndarray) -> torch.Tensor:
 # Measured on the demo test split (121 images, 64 px, VAE round trip, nearest-code decoding): levels things IoU 0.914 /
 # stuff 0.920; colour channels (R transparent, G things, B stuff) 0.349 / 0.202. SD3.5's VAE is not measured here.
 MASK_CLASSES = ("binary", "things_stuff")  # config.yaml's (choices: ...) of `mask_classes`
-_CLASS_LEVELS = {"binary": (-1.0, 1.0, 1.0), "things_stuff": (-1.0, 0.0, 1.0)}  # pixel value of class 0 / 1 / 2
+_THINGS_STUFF_LEVELS = (-1.0, 0.0, 1.0)  # things_stuff: the pixel value of class 0 / 1 / 2
+TARGET_CHANNELS = {"binary": 1, "things_stuff": 2}  # target_channels' C per encoding
 
 
 def check_mask_classes(mask_classes: str) -> None:
@@ -204,7 +205,7 @@ def mask_to_tensor(grey: np.ndarray, mask_classes: str) -> torch.Tensor:
     check_mask_classes(mask_classes)
     if mask_classes == "binary":
         return binary_to_tensor(grey > 0)
-    level = np.array(_CLASS_LEVELS[mask_classes], np.float32)[grey_to_classes(grey)]
+    level = np.array(_THINGS_STUFF_LEVELS, np.float32)[grey_to_classes(grey)]
     return torch.from_numpy(np.repeat(level[np.newaxis], 3, axis=0))
 
 

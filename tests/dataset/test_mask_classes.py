@@ -7,6 +7,7 @@ import torch
 
 from dataset.latent_cache import pack_gt_mask, unpack_gt_mask
 from dataset.transforms import (
+    TARGET_CHANNELS,
     grey_to_classes,
     loss_channels,
     mask_planes,
@@ -70,6 +71,7 @@ def test_loss_targets_and_the_cache_packing(mask_classes, channels):
     values = mask_to_tensor(GREYS, mask_classes)
     targets = target_channels(values[None], mask_classes)[0]
     assert targets.shape == (channels, *GREYS.shape) and targets.dtype == torch.bool
+    assert TARGET_CHANNELS[mask_classes] == channels  # what the cache unpacks
     assert torch.equal(targets[0], torch.from_numpy(GREYS > 0))
     if channels == 2:
         assert torch.equal(targets[1], torch.from_numpy(EXPECTED_CLASSES == 2))
