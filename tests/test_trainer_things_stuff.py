@@ -24,6 +24,10 @@ THINGS_STUFF = {
     "random_flip": True,
     "learning_rate": 1e-3,
     "checkpointing_steps": 3,
+    # As the reference run: gradient accumulation and a schedule that changes the LR at every step.
+    "gradient_accumulation_steps": 2,
+    "lr_scheduler": "cosine",
+    "lr_warmup_steps": 1,
 }
 
 
@@ -59,7 +63,8 @@ def read_png(path: Path) -> np.ndarray:
 
 def test_evaluation_writes_class_maps_that_score_as_the_model(runs, tmp_path):
     run_dir, config = runs["plain"]
-    flags = ("--config", str(config), "--eval_protocol", "translab")
+    # Batch size 1: each image computed alone, so 1 and 2 ranks run the same fp32 convolutions and agree exactly.
+    flags = ("--config", str(config), "--eval_protocol", "translab", "--eval_batch_size", "1")
     run_script("val_inference.py", *flags, "--eval_output_dir", str(tmp_path / "model"))
     model = json.loads((tmp_path / "model" / "metrics.json").read_text())
     assert model["mask_classes"] == "things_stuff"
@@ -70,6 +75,13 @@ def test_evaluation_writes_class_maps_that_score_as_the_model(runs, tmp_path):
         raw = read_png(tmp_path / "model" / "raw" / path.parent.name / path.name)
         assert classes.shape == raw.shape and set(np.unique(classes)) <= {0, 1, 2}
         assert np.array_equal(classes > 0, raw >= 128), path  # transparent exactly where raw/255 >= 0.5
+    # Two ranks write their shares of classes/ and gather to the same metrics.
+    run_script("val_inference.py", *flags, "--eval_output_dir", str(tmp_path / "two"), processes=2)
+    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert two["subsets"] == model["subsets"]
+    assert sorted(p.relative_to(tmp_path / "two") for p in (tmp_path / "two" / "classes").rglob("*.png")) == sorted(
+        p.relative_to(tmp_path / "model") for p in class_files
+    )
     # Scoring the written class maps as predictions gives the model's TransLab metrics: nothing else went in.
     again = tmp_path / "rescored"
     classes_dir = str(tmp_path / "model" / "classes")
