@@ -33,13 +33,14 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Sequence
+from copy import deepcopy
 from dataclasses import dataclass
 from unittest import mock
 
 import torch
 from diffusers import AutoencoderKL, SD3Transformer2DModel
 from torch._subclasses.fake_tensor import FakeTensorMode
-from torch.distributed._tools.mem_tracker import MemTracker
+from torch.distributed._tools.mem_tracker import _TOTAL_KEY, MemTracker
 
 from bench.common import (
     FIXED_TIMESTEP,
@@ -194,12 +195,47 @@ class _NoHandle:
 
 
 class StepMemTracker(MemTracker):
-    """MemTracker that tolerates the per-call `reset_mod_stats()` this training step needs.
+    """MemTracker that tolerates the per-call `reset_mod_stats()` this training step needs, and updates peaks in
+    time proportional to the modules running, not to all modules seen.
 
     MemTracker refuses a second forward of a root module without a reset (the VAE runs twice per step, the
     transformer once per step); after a reset, its backward hooks can still fire for the frozen VAE's modules (which
     did no backward work: encode_latents runs under no_grad), and those hooks must then be skipped.
+
+    Speed: MemTracker's `_update_peak_stats` runs after every op and walks every tracked module (a WeakIdKeyDictionary)
+    to find the active ones. With LoRA's ~2,000 extra modules and checkpointing's recomputation that walk made step 1's
+    backward take 6303 s at 1024 px (2-core CPU, loaded). Here the active modules are looked up by name from
+    `_mod_tracker.parents`; the result is the same (tests/bench/test_flops_and_memory.py compares the two).
     """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._stats_by_fqn: dict[str, object] = {}  # mod_fqn -> _ModMemStats, for the modules tracked since the reset
+
+    def reset_mod_stats(self) -> None:
+        super().reset_mod_stats()
+        self._stats_by_fqn.clear()
+
+    def _pre_fw_hook(self, module, inputs) -> None:
+        super()._pre_fw_hook(module, inputs)
+        mod_stats = self.memory_tracking[module]
+        self._stats_by_fqn[mod_stats.mod_fqn] = mod_stats
+
+    def _update_peak_stats(self, peak_state) -> None:
+        # MemTracker's own loop, over the active modules only (`mod_fqn in parents` is its condition).
+        curr_snap = self._curr_mem_snap
+        for fqn in self._mod_tracker.parents:
+            mod_stats = self._stats_by_fqn.get(fqn)
+            if mod_stats is None or peak_state not in mod_stats.snapshots:
+                continue
+            for dev, dev_snap in curr_snap.items():
+                if mod_stats.local_peak.get(dev, 0) < dev_snap[_TOTAL_KEY]:
+                    mod_stats.local_peak[dev] = dev_snap[_TOTAL_KEY]
+                    mod_stats.snapshots[peak_state][-1][dev] = deepcopy(dev_snap)
+        for dev, dev_snap in curr_snap.items():
+            if self._peak_mem.get(dev, 0) < dev_snap[_TOTAL_KEY]:
+                self._peak_mem[dev] = dev_snap[_TOTAL_KEY]
+                self._peak_mem_snap[dev] = deepcopy(dev_snap)
 
     def _track_module_params_and_buffers(self, module, install_grad_hooks: bool = True) -> tuple[int, int]:
         # A frozen parameter (LoRA's base weights) cannot take a gradient hook, and gets no gradient: mark it as
