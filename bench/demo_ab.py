@@ -35,12 +35,19 @@ class Variant:
 
 
 KEEP = "keep_aspect"
+# Equal wall clock for the pixel losses: their step took 2.21x (pixel) and 2.16x (latent_mse+pixel) the latent_mse
+# step at the demo's batch 16 with cached latents (`bench.train_throughput --preset demo --batch_sizes 16 --compile off
+# --cache_latents on --gradient_checkpointing off --loss latent_mse pixel latent_mse+pixel --num_threads 1 --steps 20`,
+# one run, 2-core CPU, 2026-12-02), so 2400 / 2.2 ~ 1100 steps (the cosine schedule spans them).
+EQUAL_TIME = ("--max_train_steps", "1100")
 # keep_aspect cannot train from cached latents (utils.config.check_combinations), so its square twin trains uncached
 # too: the two rows differ in processing only.
 VARIANTS = {
     "latent_mse": Variant(),
     "pixel": Variant(("--loss", "pixel")),
     "latent_mse+pixel": Variant(("--loss", "latent_mse+pixel")),
+    "pixel_equal_time": Variant(("--loss", "pixel", *EQUAL_TIME)),
+    "latent_mse+pixel_equal_time": Variant(("--loss", "latent_mse+pixel", *EQUAL_TIME)),
     "tta_hflip": Variant(eval_args=("--tta", "hflip"), trained_as="latent_mse"),
     "square_uncached": Variant(("--cache_latents", "false")),
     "keep_aspect": Variant(("--cache_latents", "false", "--processing", KEEP), ("--processing", KEEP)),

@@ -5,21 +5,24 @@
     python -m bench.train_throughput --preset demo --batch_sizes 16 --compile off --cache_latents on off
     python -m bench.train_throughput --preset demo --batch_sizes 16 --compile off --cache_latents on \
         --train_mode full lora                                    # LoRA beside full fine-tuning
+    python -m bench.train_throughput --preset demo --batch_sizes 16 --compile off --cache_latents on \
+        --gradient_checkpointing off --loss latent_mse pixel latent_mse+pixel   # the pixel loss's cost per step
 
-One row = one setting of training mode x batch size x gradient checkpointing x torch.compile x cached latents, each
-with a freshly built model (random init from the preset's config) and AdamW. Training mode lora is trainer.py's
-`--train_mode lora`: the base transformer frozen in the preset's frozen dtype (bf16 for sd35-medium), adapters from
-models.lora.add_lora (`--lora_rank`, alpha = rank, config.yaml's `lora_target_modules`) in fp32, AdamW on the
-adapters only. The step is trainer.py's: image and mask latents (from
-the frozen VAE, or precomputed when --cache_latents on), transformer forward under autocast (bf16 for sd35-medium,
-fp32 for demo, as configs/demo.yaml), latent MSE, loss.item() (the trainer's finiteness check syncs too), backward,
-gradient clipping, AdamW step, zero_grad. Inputs already sit on the device: data loading is measured by
-bench/dataloader_throughput.py. Warm-up steps (compilation, optimizer state creation) are excluded; the step time is
-the median of the timed steps (the minimum is shown too: on a shared machine it is the least disturbed).
+One row = one setting of training mode x batch size x gradient checkpointing x torch.compile x cached latents x
+loss, each with a freshly built model (random init from the preset's config) and AdamW. Training mode lora is
+trainer.py's `--train_mode lora`: the base transformer frozen in the preset's frozen dtype (bf16 for sd35-medium),
+adapters from models.lora.add_lora (`--lora_rank`, alpha = rank, config.yaml's `lora_target_modules`) in fp32, AdamW
+on the adapters only. The step is trainer.py's: image and mask latents (from the frozen VAE, or precomputed when
+--cache_latents on), transformer forward under autocast (bf16 for sd35-medium, fp32 for demo, as configs/demo.yaml),
+the loss (`--loss`: models.losses.TrainingLoss, pixel_loss_weight 1, the frozen VAE decoding in autograd for the
+pixel term), loss.item() (the trainer's finiteness check syncs too), backward, gradient clipping, AdamW step,
+zero_grad. Inputs already sit on the device: data loading is measured by bench/dataloader_throughput.py. Warm-up steps
+(compilation, optimizer state creation) are excluded; the step time is the median of the timed steps (the minimum is
+shown too: on a shared machine it is the least disturbed).
 
 MFU = counted transformer forward+backward FLOPs per sample (FlopCounterMode on the same config, resolution and text
-length; model FLOPs: no recompute from gradient checkpointing, no VAE) x samples/s / peak FLOP/s (--peak_tflops,
-default 989 = H100 SXM dense bf16 on CUDA; n/a on CPU unless given).
+length; model FLOPs: no recompute from gradient checkpointing, no VAE, so no pixel term) x samples/s / peak FLOP/s
+(--peak_tflops, default 989 = H100 SXM dense bf16 on CUDA; n/a on CPU unless given).
 """
 
 from __future__ import annotations
@@ -47,8 +50,9 @@ from bench.common import (
     time_calls,
     transformer_train_flops,
 )
+from dataset.transforms import target_channels
 from models.lora import add_lora
-from models.losses import LOSSES
+from models.losses import LOSS_CHOICES, TrainingLoss
 from models.segmenter import encode_latents
 from utils.config import read_specs
 from utils.measure import peak_memory_gib, reset_peak_memory
@@ -83,6 +87,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="full: every weight trains (fp32 master); lora: frozen base + fp32 adapters, as trainer.py",
     )
     parser.add_argument("--lora_rank", type=int, default=32, help="train_mode lora: adapter rank (alpha = rank)")
+    parser.add_argument(
+        "--loss", nargs="+", choices=LOSS_CHOICES, default=["latent_mse"], help="config.yaml's loss (weight 1)"
+    )
     parser.add_argument("--warmup_steps", type=int, default=3, help="untimed steps per row (compile happens here)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per row")
     parser.add_argument("--peak_tflops", type=float, default=None, help="for MFU; default 989 on CUDA, n/a on CPU")
@@ -97,6 +104,7 @@ class Setting:
     compile: bool
     cache_latents: bool
     lora: bool = False
+    loss: str = "latent_mse"
 
     def cells(self) -> list[str]:
         on_off = {True: "on", False: "off"}
@@ -106,6 +114,7 @@ class Setting:
             on_off[self.gradient_checkpointing],
             on_off[self.compile],
             on_off[self.cache_latents],
+            self.loss,
         ]
 
 
@@ -125,12 +134,13 @@ class Result:
 def grid(args: argparse.Namespace) -> list[Setting]:
     batch_sizes = args.batch_sizes or DEFAULT_BATCH_SIZES[args.preset]
     return [
-        Setting(batch, checkpointing == "on", compiled == "on", cached == "on", mode == "lora")
+        Setting(batch, checkpointing == "on", compiled == "on", cached == "on", mode == "lora", loss)
         for mode in args.train_mode
         for compiled in args.compile
         for batch in batch_sizes
         for checkpointing in args.gradient_checkpointing
         for cached in args.cache_latents
+        for loss in args.loss
     ]
 
 
@@ -156,13 +166,14 @@ def make_train_step(
     shape = (setting.batch_size, 3, preset.resolution, preset.resolution)
     pixels = (torch.rand(shape, generator=generator) * 2 - 1).to(device)
     masks = (torch.rand(shape, generator=generator).round() * 2 - 1).to(device)
+    gt_mask = target_channels(masks, "binary")  # the latent cache stores it beside the latents
     cached = (encode_latents(vae, pixels), encode_latents(vae, masks)) if setting.cache_latents else None
     autocast = {
         "device_type": device.type,
         "dtype": preset.autocast_dtype,
         "enabled": preset.autocast_dtype is not None,
     }
-    loss_fn = LOSSES["latent_mse"]
+    loss_fn = TrainingLoss(setting.loss, 1.0, vae)
 
     def step() -> float:
         if cached is not None:
@@ -171,7 +182,7 @@ def make_train_step(
             image_latents, mask_latents = encode_latents(vae, pixels), encode_latents(vae, masks)
         with torch.autocast(**autocast):
             predicted = predictor.predict_latents(image_latents.float())
-        loss = loss_fn(predicted, mask_latents)
+        loss = loss_fn(predicted, mask_latents, gt_mask)
         value = loss.item()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(transformer.parameters(), max_grad_norm)
@@ -230,6 +241,7 @@ def results_table(results: Sequence[Result], flops_per_sample: int, peak: float 
         "grad ckpt",
         "compile",
         "cached latents",
+        "loss",
         "step (ms)",
         "min step (ms)",
         "samples/s",
@@ -272,6 +284,20 @@ def caching_speedups(results: Sequence[Result]) -> str | None:
     return markdown_table(("mode", "batch", "grad ckpt", "compile", "cached / uncached samples/s"), rows)
 
 
+def loss_costs(results: Sequence[Result]) -> str | None:
+    """Step time of each loss against latent_mse, for every setting measured both ways in this run."""
+    by_setting = {r.setting: r for r in results if r.step_seconds is not None}
+    rows = []
+    for setting, result in by_setting.items():
+        baseline = by_setting.get(replace(setting, loss="latent_mse"))
+        if setting.loss != "latent_mse" and baseline is not None:
+            rows.append([*setting.cells(), f"{result.step_seconds / baseline.step_seconds:.2f}x"])
+    if not rows:
+        return None
+    headers = ("mode", "batch", "grad ckpt", "compile", "cached latents", "loss", "step time / latent_mse's")
+    return markdown_table(headers, rows)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     preset, device = preset_and_device(args)
@@ -286,10 +312,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     results = []
     for index, setting in enumerate(settings, 1):
-        mode, batch, checkpointing, compiled, cached = setting.cells()
+        mode, batch, checkpointing, compiled, cached, loss = setting.cells()
         print(
             f"[{index}/{len(settings)}] {mode}, batch {batch}, grad ckpt {checkpointing}, compile {compiled}, "
-            f"cached latents {cached}",
+            f"cached latents {cached}, loss {loss}",
             flush=True,
         )
         results.append(measure(preset, setting, device, args))
@@ -302,6 +328,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     if speedups:
         print("\nSpeed-up from cached latents (same run)\n")
         print(speedups)
+    costs = loss_costs(results)
+    if costs:
+        print("\nStep time against the latent_mse step (same run)\n")
+        print(costs)
     if peak is None:
         print("\nMFU: n/a on CPU (pass --peak_tflops to compare against a peak).")
     else:
