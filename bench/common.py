@@ -33,7 +33,7 @@ from demo.assets import (
     TINY_VAE_CONFIG,
 )
 from models.segmenter import MaskPredictor
-from utils.config import REPO_ROOT, parse_config
+from utils.config import REPO_ROOT, parse_config, read_specs
 
 # The empty prompt through SD3's encode_prompt: 77 CLIP tokens + 256 T5 tokens (max_sequence_length 256).
 TEXT_TOKENS = 77 + 256
@@ -180,6 +180,17 @@ def conditioning(
     prompt = torch.randn(1, text_tokens, config["joint_attention_dim"], generator=generator)
     pooled = torch.randn(1, config["pooled_projection_dim"], generator=generator)
     return prompt.to(device, dtype), pooled.to(device, dtype)
+
+
+def lora_settings(rank: int) -> argparse.Namespace:
+    """The LoRA keys models.lora.add_lora reads: config.yaml's defaults, the given rank, alpha = rank."""
+    specs = read_specs()
+    return argparse.Namespace(
+        lora_rank=rank,
+        lora_alpha=rank,
+        lora_dropout=specs["lora_dropout"].default,
+        lora_target_modules=specs["lora_target_modules"].default,
+    )
 
 
 def mask_predictor(

@@ -52,6 +52,7 @@ from bench.common import (
     build_vae,
     count_flops,
     default_dtype,
+    lora_settings,
     run_header,
     tera,
     token_groups,
@@ -62,7 +63,6 @@ from demo.assets import SD35_MEDIUM_TRANSFORMER_CONFIG, SD35_MEDIUM_VAE_CONFIG
 from models.lora import add_lora
 from models.losses import LOSSES, bce_dice
 from models.segmenter import MaskPredictor, decode_mask_unclamped, encode_latents
-from utils.config import read_specs
 from utils.measure import count_parameters
 from utils.tables import markdown_table
 
@@ -357,18 +357,7 @@ def add_fake_lora(transformer: torch.nn.Module, args: argparse.Namespace) -> Non
     `Module.to()`, which FakeTensorMode cannot do (it swaps parameters); everything is already on the one (fake CPU)
     device and the adapters are created in fp32, where add_lora puts them anyway, so `.to()` is skipped meanwhile."""
     with mock.patch.object(torch.nn.Module, "to", lambda self, *a, **k: self):
-        add_lora(transformer, lora_args(args))
-
-
-def lora_args(args: argparse.Namespace) -> argparse.Namespace:
-    """The LoRA keys add_lora reads: config.yaml's defaults, rank from the command line, alpha = rank."""
-    specs = read_specs()
-    return argparse.Namespace(
-        lora_rank=args.lora_rank,
-        lora_alpha=args.lora_rank,
-        lora_dropout=specs["lora_dropout"].default,
-        lora_target_modules=specs["lora_target_modules"].default,
-    )
+        add_lora(transformer, lora_settings(args.lora_rank))
 
 
 def autocast_copy_bytes(model: torch.nn.Module) -> int:

@@ -41,6 +41,7 @@ from bench.common import (
     build_train_transformer,
     build_vae,
     fmt,
+    lora_settings,
     mask_predictor,
     median,
     peak_memory_label,
@@ -54,7 +55,6 @@ from dataset.transforms import target_channels
 from models.lora import add_lora
 from models.losses import LOSS_CHOICES, TrainingLoss
 from models.segmenter import encode_latents
-from utils.config import read_specs
 from utils.measure import peak_memory_gib, reset_peak_memory
 from utils.tables import markdown_table
 
@@ -150,13 +150,7 @@ def make_train_step(
     """Build models, optimizer and a batch on `device`; return a function that runs one training step."""
     transformer = build_train_transformer(preset, device, setting.gradient_checkpointing)
     if setting.lora:  # as trainer.py: the frozen base in the compute precision, fp32 adapters
-        specs = read_specs()
-        lora = argparse.Namespace(
-            lora_rank=lora_rank,
-            lora_alpha=lora_rank,
-            lora_dropout=specs["lora_dropout"].default,
-            lora_target_modules=specs["lora_target_modules"].default,
-        )
+        lora = lora_settings(lora_rank)
         add_lora(transformer if preset.frozen_dtype == torch.float32 else transformer.to(preset.frozen_dtype), lora)
     vae = build_vae(preset.vae_config, device, preset.frozen_dtype)
     predictor = mask_predictor(preset, vae, torch.compile(transformer) if setting.compile else transformer, device)
